@@ -1,0 +1,3 @@
+"""Logly: security event tracer and log correlation for Linux servers."""
+
+__version__ = "0.1.0"

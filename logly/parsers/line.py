@@ -1,0 +1,217 @@
+"""One line in, one LogEvent (or a reason it is not one) out: header, rules, links.
+
+The per-line work is a header regex, a dict lookup on the program name and the message's first
+characters, and the few anchored regexes in that bucket. No pyparsing, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from logly.events import ACTIONS, LogEvent
+from logly.parsers.addresses import is_hostname, normalize_ip
+from logly.parsers.header import HeaderParser, strip_kernel_uptime
+from logly.parsers.rules import Rule, RuleSet
+
+MAX_LINE = 64 * 1024  # longer lines are cut before matching; the event notes the cut
+_REPEAT = re.compile(r"message repeated (\d+) times: \[ ?(.*?) ?\]\s*\Z", re.S)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+LINK_SECONDS = 5.0  # sshd and pam log one attempt within the same second, in practice
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of a line: an event (matched or not by a rule), or unparsed with a reason."""
+
+    event: LogEvent | None
+    rule: Rule | None = None
+    reason: str | None = None
+
+
+class LineParser:
+    def __init__(self, rules: RuleSet, headers: HeaderParser | None = None) -> None:
+        self.rules = rules
+        self.headers = headers or HeaderParser()
+        # (host, pid) -> (timestamp text, ip, offset) of the last PAM auth failure from sshd
+        self._pam_pending: dict[tuple[str | None, int], tuple[str, str | None, int | None]] = {}
+
+    def parse(self, line: str, path: str | None = None, offset: int | None = None) -> Outcome:
+        if len(line) > MAX_LINE:
+            line, cut = line[:MAX_LINE], len(line)
+        else:
+            cut = 0
+        line = line.rstrip("\r\n")
+        if "\x00" in line:
+            line = line.replace("\x00", "\ufffd")
+        if line[:1] == "{":
+            return self._ndjson(line, path, offset)
+        head = self.headers.parse(line)
+        if head is None:
+            return Outcome(None, reason="no syslog/fail2ban header" if line.strip() else "empty")
+        ts = head.timestamp
+        meta: dict = {}
+        if ts is None:
+            ts = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            meta["time_from"] = "ingest"
+        if cut:
+            meta["truncated_from"] = cut
+        program = head.program
+        message = head.message.lstrip(" ")
+        if program == "kernel":
+            message = strip_kernel_uptime(message)
+        source = "fail2ban" if program and program.startswith("fail2ban") else "syslog"
+        ev = LogEvent(ts, source, message, "info", "info", head.host, program, head.pid,
+                      None, None, None, None, meta, path, offset)
+        text = message
+        if text.startswith("message repeated "):
+            m = _REPEAT.match(text)
+            if m:
+                meta["repeat"] = int(m[1])
+                text = m[2]
+        rule = self.apply_rules(ev, program, text)
+        return Outcome(ev, rule)
+
+    def apply_rules(self, ev: LogEvent, program: str | None, text: str) -> Rule | None:
+        for cand in self.rules.candidates(program, text):
+            m = cand.compiled.regex.match(text)
+            if m is None:
+                continue
+            rule = cand.rule
+            meta = ev.metadata
+            ambiguous = False
+            if cand.compiled.lazy is not None:
+                other = cand.compiled.lazy.match(text)
+                ambiguous = other is not None and _ip_of(other, cand) != _ip_of(m, cand)
+                if ambiguous:
+                    meta["ambiguous_address"] = True
+            for gname, value in m.groupdict().items():
+                if value is None:
+                    continue
+                name = cand.compiled.groups[gname]
+                if name == "ip" or (ambiguous and name == "port"):
+                    if ambiguous:
+                        continue
+                    addr = normalize_ip(value)
+                    if addr is not None:
+                        ev.ip_address = addr
+                    elif is_hostname(value):
+                        meta["rhost"] = value
+                elif name == "user":
+                    ev.user = value
+                elif name == "port":
+                    ev.port = int(value)
+                else:
+                    meta[name] = value
+            if rule.constants:
+                for k, v in rule.constants.items():
+                    meta.setdefault(k, v)
+            ev.action = rule.action
+            ev.level = rule.level
+            ev.service = rule.service
+            meta["rule"] = rule.name
+            if ev.pid is not None and rule.action in ("auth_failure", "invalid_user"):
+                self._link_attempt(ev, rule)
+            return rule
+        return None
+
+    def _link_attempt(self, ev: LogEvent, rule: Rule) -> None:
+        """sshd logs a failed password twice (its PAM stack, then itself): count it once."""
+        key = (ev.host, ev.pid)  # type: ignore[assignment]
+        if rule.name.startswith("pam/"):
+            if ev.metadata.get("pam_service") in ("sshd", "sshd-session"):
+                if len(self._pam_pending) > 10_000:
+                    self._pam_pending.clear()
+                self._pam_pending[key] = (ev.timestamp, ev.ip_address, ev.offset)
+            return
+        prior = self._pam_pending.pop(key, None)
+        if prior is None or (prior[1] and ev.ip_address and prior[1] != ev.ip_address):
+            return
+        if _seconds_between(prior[0], ev.timestamp) <= LINK_SECONDS:
+            ev.metadata["duplicate_of"] = {"path": ev.path, "offset": prior[2]}
+
+    def _ndjson(self, line: str, path: str | None, offset: int | None) -> Outcome:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return Outcome(None, reason="invalid JSON")
+        if not isinstance(obj, dict) or not isinstance(obj.get("message"), str):
+            return Outcome(None, reason="JSON without a 'message' string")
+        ts = _iso_utc(obj.get("timestamp"))
+        if ts is None:
+            return Outcome(None, reason="JSON without a valid ISO 8601 'timestamp'")
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        action = obj.get("action") if obj.get("action") in ACTIONS else "info"
+        ip = obj.get("ip_address")
+        ev = LogEvent(
+            ts,
+            _str(obj.get("source")) or "ndjson",
+            obj["message"],
+            action,
+            _str(obj.get("level")) or "info",
+            _str(obj.get("host")),
+            _str(obj.get("program")),
+            _int(obj.get("pid")),
+            _str(obj.get("service")),
+            normalize_ip(ip) if isinstance(ip, str) else None,
+            _str(obj.get("user")),
+            _int(obj.get("port")),
+            dict(meta),
+            path,
+            offset,
+        )
+        rule = None
+        if action == "info" and ev.program:
+            rule = self.apply_rules(ev, ev.program, ev.message)
+        return Outcome(ev, rule)
+
+
+def _ip_of(m: re.Match[str], cand: object) -> str | None:
+    groups = cand.compiled.groups  # type: ignore[attr-defined]
+    return next((v for g, v in m.groupdict().items() if v and groups[g] == "ip"), None)
+
+
+def _str(v: object) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def _int(v: object) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.isdigit():
+        return int(v)
+    return None
+
+
+def _iso_utc(v: object) -> str | None:
+    if not isinstance(v, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _seconds_between(a: str, b: str) -> float:
+    if a[:19] == b[:19]:
+        return 0.0
+    try:
+        return abs(
+            (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+        )
+    except ValueError:
+        return float("inf")
+
+
+def safe_text(text: str | None) -> str:
+    """Text with control characters made visible, fit for a terminal."""
+    if not text:
+        return ""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
