@@ -1,0 +1,373 @@
+"""The `logly` command: options in, one library call, a table or `--json` out.
+
+Errors are typed (logly.errors) and mapped to exit codes in `main`; `--traceback` shows the
+stack. Log content is attacker-controlled, so every value printed to a terminal goes through
+`safe_text` and is rendered as plain `Text`, never as rich markup.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from logly.config import Config, load_config
+from logly.errors import ExitCode, LoglyError, UsageError
+from logly.parsers.line import safe_text
+from logly.parsers.rules import RuleError, RuleSet
+from logly.store.sqlite import SQLiteStore
+from logly.timespec import parse_time
+
+app = typer.Typer(
+    help="Logly: security event tracer and log correlation for Linux servers.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+rules_app = typer.Typer(help="Inspect and test the parsing rules.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+
+@dataclass
+class Context:
+    """Streams and configuration for one invocation; tests swap the streams."""
+
+    config: Config
+    out: Console
+    err: Console
+
+    def store(self, *, must_exist: bool = True) -> SQLiteStore:
+        store = SQLiteStore(self.config.db)
+        if must_exist:
+            store.require_schema()
+        return store
+
+    def rules(self) -> RuleSet:
+        try:
+            return RuleSet.load(self.config.rules_dirs)
+        except RuleError as exc:
+            raise LoglyError(f"rule file does not load: {exc}") from None
+
+    def print_json(self, data: Any) -> None:
+        # ensure_ascii: no raw control or C1 bytes from log content reach the terminal
+        self.out.file.write(json.dumps(data, ensure_ascii=True, indent=None) + "\n")
+
+
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", help="Database file (env LOGLY_DB).", show_default=False),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="Config file (default /etc/logly/logly.toml).",
+                 show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _ctx(db: Path | None, config: Path | None) -> Context:
+    cfg = load_config(config)
+    if db is not None:
+        cfg.db = db
+    return Context(cfg, Console(highlight=False), Console(stderr=True, highlight=False))
+
+
+def _cell(value: Any) -> Text:
+    return Text("" if value is None else safe_text(str(value)))
+
+
+# ---- init --------------------------------------------------------------------------------------
+@app.command()
+def init(db: DbOpt = None, config: ConfigOpt = None) -> None:
+    """Create the database, or upgrade its schema; safe to run again.
+
+    Example: logly init --db /tmp/logly.db
+    """
+    ctx = _ctx(db, config)
+    version = ctx.store(must_exist=False).init()
+    ctx.out.print(Text(f"Database ready: {ctx.config.db} (schema version {version})"))
+
+
+# ---- ingest ------------------------------------------------------------------------------------
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Log files (.gz too), or - for stdin.")],
+    year: Annotated[int | None, typer.Option(help="Year for year-less syslog times "
+                                             "(default: from the file's mtime).")] = None,
+    tz: Annotated[str | None, typer.Option("--tz", help="Zone of times without one "
+                                           "(default: this machine's).")] = None,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Parse log files into the database; running it again stores nothing twice.
+
+    The format is detected per line: syslog (RFC 3164, ISO, RFC 5424), fail2ban.log, or
+    NDJSON events. Lines that cannot be parsed are counted and kept for `logly rules test
+    --unparsed`.
+
+    Example: logly ingest /var/log/auth.log /var/log/auth.log.2.gz /var/log/fail2ban.log
+    Example: journalctl -o short-iso -u ssh | logly ingest -
+    """
+    from logly.ingest import ingest_input
+    from logly.sources.files import open_input
+
+    ctx = _ctx(db, config)
+    if tz:
+        ctx.config.timezone = tz
+    tzinfo = ctx.config.tzinfo()
+    store = ctx.store(must_exist=False)
+    store.init()
+    rules = ctx.rules()
+    summaries = []
+    failed = False
+    for path in paths:
+        try:
+            inp = open_input(path)
+        except OSError as exc:
+            ctx.err.print(Text(f"logly: {path}: {exc.strerror or exc}"))
+            failed = True
+            continue
+        try:
+            with _progress(ctx, inp) as advance:
+                s = ingest_input(store, rules, inp, tz=tzinfo, year=year, progress=advance,
+                                 batch_lines=ctx.config.batch_lines,
+                                 batch_seconds=ctx.config.batch_seconds)
+        finally:
+            inp.close()
+        summaries.append(s)
+    if as_json:
+        ctx.print_json([s.to_dict() for s in summaries])
+    else:
+        table = Table("input", "lines", "events", "matched", "unparsed", "lines/s",
+                      title="Ingested", title_justify="left")
+        for s in summaries:
+            table.add_row(_cell(s.path), f"{s.lines:,}", f"{s.events:,}", f"{s.matched:,}",
+                          f"{s.unparsed:,}", f"{s.lines_per_second:,.0f}")
+        ctx.out.print(table)
+        for s in summaries:
+            if s.skipped_bytes:
+                ctx.out.print(Text(f"{safe_text(s.path)}: resumed after {s.skipped_bytes:,} "
+                                   "bytes already stored"))
+            if s.invalid_utf8 or s.truncated:
+                ctx.out.print(Text(f"{safe_text(s.path)}: {s.invalid_utf8} lines with invalid "
+                                   f"UTF-8, {s.truncated} over-long lines cut"))
+    if failed:
+        raise typer.Exit(ExitCode.ERROR)
+
+
+class _progress:
+    """A progress bar on stderr when it is a terminal; a no-op callback otherwise."""
+
+    def __init__(self, ctx: Context, inp: Any) -> None:
+        self.ctx, self.inp, self.bar = ctx, inp, None
+
+    def __enter__(self) -> Any:
+        if not self.ctx.err.is_terminal:
+            return None
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        self.bar = Progress("[progress.description]{task.description}", BarColumn(),
+                            DownloadColumn(), TimeRemainingColumn(), console=self.ctx.err,
+                            transient=True)
+        self.bar.start()
+        task = self.bar.add_task(Text(safe_text(self.inp.path)).plain.replace("[", r"\["),
+                                 total=self.inp.size if self.inp.kind == "file" else None)
+        return lambda n: self.bar.advance(task, n)  # type: ignore[union-attr]
+
+    def __exit__(self, *_: Any) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+# ---- events ------------------------------------------------------------------------------------
+@app.command()
+def events(
+    since: Annotated[str | None, typer.Option(help="Start: 24h, 7d, 2026-11-20, ISO.")] = None,
+    until: Annotated[str | None, typer.Option(help="End (exclusive), same forms.")] = None,
+    source: Annotated[str | None, typer.Option(help="syslog, fail2ban, ndjson, ...")] = None,
+    action: Annotated[str | None, typer.Option(help="e.g. auth_failure, invalid_user.")] = None,
+    ip: Annotated[str | None, typer.Option("--ip", help="Remote address.")] = None,
+    user: Annotated[str | None, typer.Option(help="User name.")] = None,
+    program: Annotated[str | None, typer.Option(help="Program, e.g. sshd.")] = None,
+    level: Annotated[str | None, typer.Option(help="Level, e.g. warning.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List stored events, newest first.
+
+    Example: logly events --since 24h --action auth_failure --ip 203.0.113.7 --json
+    """
+    from logly.parsers.addresses import normalize_ip
+
+    ctx = _ctx(db, config)
+    if ip is not None:
+        norm = normalize_ip(ip)
+        if norm is None:
+            raise UsageError(f"not an IP address: {ip!r}")
+        ip = norm
+    if action is not None:
+        from logly.events import ACTIONS
+
+        if action not in ACTIONS:
+            raise UsageError(f"unknown action {action!r}",
+                             hint="one of: " + ", ".join(sorted(ACTIONS)))
+    rows = ctx.store().get_log_events(
+        start=parse_time(since) if since else None, end=parse_time(until) if until else None,
+        source=source, level=level, ip=ip, user=user, action=action, limit=limit,
+        program=program,
+    )
+    if as_json:
+        ctx.print_json(rows)
+        return
+    table = Table("id", "time (UTC)", "host", "program", "action", "ip", "user", "message")
+    for r in rows:
+        table.add_row(str(r["id"]), r["timestamp"][:19].replace("T", " "), _cell(r["host"]),
+                      _cell(r["program"]), _cell(r["action"]), _cell(r["ip_address"]),
+                      _cell(r["user"]), _cell(r["message"]))
+    ctx.out.print(table)
+
+
+# ---- stats -------------------------------------------------------------------------------------
+@app.command()
+def stats(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None) -> None:
+    """Rows per table, database size, and per input: offset, lines, events, unparsed.
+
+    Example: logly stats --json
+    """
+    ctx = _ctx(db, config)
+    data = ctx.store().get_stats()
+    if as_json:
+        ctx.print_json(data)
+        return
+    ctx.out.print(Text(f"Database {data['database']}: schema {data['schema_version']}, "
+                       f"{data['size_bytes'] / 1e6:,.1f} MB, {data['unparsed']:,} unparsed lines"))
+    t = Table("table", "rows", title="Tables", title_justify="left")
+    for name, n in data["rows"].items():
+        t.add_row(name, f"{n:,}")
+    ctx.out.print(t)
+    s = Table("input", "kind", "offset", "lines", "events", "unparsed", "updated",
+              title="Inputs", title_justify="left")
+    for src in data["sources"]:
+        s.add_row(_cell(src["path"]), src["kind"], f"{src['offset']:,}", f"{src['lines']:,}",
+                  f"{src['events']:,}", f"{src['unparsed']:,}", src["updated"][:19])
+    ctx.out.print(s)
+
+
+# ---- rules -------------------------------------------------------------------------------------
+@rules_app.command("test")
+def rules_test(
+    file: Annotated[str | None, typer.Argument(help="A log file, or - for stdin.")] = None,
+    unparsed: Annotated[bool, typer.Option("--unparsed", help="Test the lines the database "
+                                           "kept as unparsed instead of a file.")] = False,
+    unmatched: Annotated[bool, typer.Option("--unmatched",
+                                            help="Show only lines no rule matched.")] = False,
+    rules_dir: Annotated[list[Path] | None, typer.Option(
+        "--rules-dir", help="Also load rules from this directory (repeatable).")] = None,
+    tz: Annotated[str | None, typer.Option("--tz", help="Zone of times without one.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many lines.")] = None,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Show, line by line, which rule matched and what it extracted (like fail2ban-regex).
+
+    Example: logly rules test /var/log/auth.log --unmatched
+    Example: logly rules test --unparsed
+    """
+    from logly.rulestest import test_lines
+
+    ctx = _ctx(db, config)
+    if tz:
+        ctx.config.timezone = tz
+    if rules_dir:
+        ctx.config.rules_dirs.extend(rules_dir)
+    if unparsed == (file is not None):
+        raise UsageError("give a FILE or --unparsed (one of them)")
+    report = test_lines(ctx, file, from_db=unparsed, limit=limit)
+    rows = [r for r in report.rows if not (unmatched and r["rule"])]
+    if as_json:
+        ctx.print_json(rows)
+        return
+    table = Table("line", "rule", "action", "ip", "user", "port", "text")
+    for r in rows:
+        table.add_row(str(r["line"]), _cell(r["rule"] or r["reason"] or "-"),
+                      _cell(r["action"]), _cell(r["ip_address"]), _cell(r["user"]),
+                      _cell(r["port"]), _cell(r["text"][:160]))
+    ctx.out.print(table)
+    ctx.out.print(Text(
+        f"{report.lines:,} lines: {report.matched:,} matched a rule, {report.other:,} parsed "
+        f"without a rule, {report.unparsed:,} unparsed"))
+    for name, n in sorted(report.per_rule.items(), key=lambda kv: -kv[1]):
+        ctx.out.print(Text(f"  {n:>8,}  {name}"))
+
+
+@rules_app.command("list")
+def rules_list(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None) -> None:
+    """List the loaded rules: name, action, programs and patterns.
+
+    Example: logly rules list --json
+    """
+    ctx = _ctx(db, config)
+    rs = ctx.rules()
+    rows = [
+        {"rule": r.name, "action": r.action, "level": r.level, "file": r.file,
+         "programs": f.programs, "patterns": [p.source for p in r.patterns]}
+        for f in rs.files for r in f.rules
+    ]
+    if as_json:
+        ctx.print_json(rows)
+        return
+    table = Table("rule", "action", "programs", "patterns")
+    for r in rows:
+        table.add_row(r["rule"], r["action"], ", ".join(r["programs"]), str(len(r["patterns"])))
+    ctx.out.print(table)
+
+
+@app.callback()
+def _root(
+    traceback: Annotated[bool, typer.Option("--traceback", help="Show the stack on errors.")]
+    = False,
+) -> None:
+    if traceback:
+        _state["traceback"] = True
+
+
+_state: dict[str, bool] = {"traceback": False}
+
+
+def main(argv: list[str] | None = None) -> int:
+    err = Console(stderr=True, highlight=False)
+    try:
+        app(args=argv, prog_name="logly")
+    except SystemExit as exc:  # typer exits with click's codes: 0, 2 for usage, 130 for ^C
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else ExitCode.ERROR)
+    except KeyboardInterrupt:
+        err.print("Interrupted.")
+        return ExitCode.INTERRUPTED
+    except LoglyError as exc:
+        if _state["traceback"]:
+            raise
+        err.print(Text(f"logly: {exc}"))
+        if exc.hint:
+            err.print(Text(f"hint: {exc.hint}"))
+        return exc.exit_code
+    return ExitCode.OK
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

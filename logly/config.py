@@ -1,0 +1,105 @@
+"""Configuration: defaults, then /etc/logly/logly.toml (or --config), then LOGLY_* variables,
+then command-line flags. A bad file fails at start naming the key and the reason."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from logly.errors import ConfigError
+from logly.parsers.rules import shipped_rules_dir
+
+DEFAULT_CONFIG = Path("/etc/logly/logly.toml")
+DEFAULT_RULES_D = Path("/etc/logly/rules.d")
+
+
+def default_db_path(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/logly/logly.db")
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "logly" / "logly.db"
+
+
+@dataclass
+class Config:
+    db: Path
+    rules_dirs: list[Path] = field(default_factory=list)
+    timezone: str | None = None  # zone of log times that carry none; None = this machine's
+    batch_lines: int = 20_000
+    batch_seconds: float = 1.0
+    source: Path | None = None  # the file this came from, if any
+
+    def tzinfo(self):  # type: ignore[no-untyped-def]
+        if not self.timezone:
+            return None
+        try:
+            return ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"timezone: unknown zone {self.timezone!r}",
+                              hint="use an IANA name such as Europe/Zurich or UTC") from None
+
+
+def _expect(data: dict, key: str, kind: type | tuple[type, ...], where: Path) -> object:
+    value = data[key]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}: key '{key}' must be {names}, not {type(value).__name__}")
+    return value
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: dict[str, str] | os._Environ[str] = os.environ,
+) -> Config:
+    explicit = path or env.get("LOGLY_CONFIG")
+    cfg_path = Path(explicit) if explicit else DEFAULT_CONFIG
+    data: dict = {}
+    if cfg_path.exists():
+        try:
+            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{cfg_path}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{cfg_path}: cannot read: {exc.strerror}") from None
+    elif explicit:
+        raise ConfigError(f"config file not found: {cfg_path}")
+
+    cfg = Config(db=default_db_path(env), source=cfg_path if data else None)
+    known = {"database", "timezone", "rules", "ingest", "daemon", "source", "tracer",
+             "reputation", "retention", "report", "scheduler", "smtp"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{cfg_path}: unknown key '{key}'",
+                              hint=f"known keys: {', '.join(sorted(known))}")
+    if "database" in data:
+        cfg.db = Path(str(_expect(data, "database", str, cfg_path)))
+    if "timezone" in data:
+        cfg.timezone = str(_expect(data, "timezone", str, cfg_path))
+    rules = data.get("rules", {})
+    extra_dirs = [DEFAULT_RULES_D]
+    if rules:
+        if not isinstance(rules, dict):
+            raise ConfigError(f"{cfg_path}: 'rules' must be a table")
+        if "dirs" in rules:
+            dirs = _expect(rules, "dirs", list, cfg_path)
+            extra_dirs = [Path(str(d)) for d in dirs]  # type: ignore[union-attr]
+    ingest = data.get("ingest", {})
+    if ingest:
+        if "batch_lines" in ingest:
+            cfg.batch_lines = int(_expect(ingest, "batch_lines", int, cfg_path))  # type: ignore[arg-type]
+        if "batch_seconds" in ingest:
+            cfg.batch_seconds = float(
+                _expect(ingest, "batch_seconds", (int, float), cfg_path))  # type: ignore[arg-type]
+
+    if env.get("LOGLY_DB"):
+        cfg.db = Path(env["LOGLY_DB"])
+    if env.get("LOGLY_TIMEZONE"):
+        cfg.timezone = env["LOGLY_TIMEZONE"]
+    if env.get("LOGLY_RULES_DIRS"):
+        extra_dirs = [Path(p) for p in env["LOGLY_RULES_DIRS"].split(":") if p]
+    cfg.rules_dirs = [shipped_rules_dir(), *extra_dirs]
+    cfg.tzinfo()  # validate now, not at the first line
+    return cfg

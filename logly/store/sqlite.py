@@ -1,0 +1,339 @@
+"""SQLiteStore: the one way into the database.
+
+WAL mode so the CLI reads while the daemon writes; a busy timeout instead of "database is
+locked"; a schema version in `metadata` with forward migrations; bulk inserts as one
+`executemany` per batch inside the same transaction as the input's checkpoint, so a crash
+never separates stored events from the recorded read position. All SQL is parameterised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine
+
+from logly.errors import LoglyError
+
+SCHEMA_VERSION = 1
+# Forward migrations: version -> SQL that brings version-1 to version. Version 1 is schema.sql.
+MIGRATIONS: dict[int, str] = {}
+
+EVENT_INSERT_COLUMNS = (
+    "timestamp", "source", "host", "program", "pid", "level", "service", "action", "message",
+    "ip_address", "user", "port", "metadata", "file_id", "offset",
+)
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO log_events ("
+    + ", ".join(f'"{c}"' for c in EVENT_INSERT_COLUMNS)
+    + ") VALUES ("
+    + ", ".join("?" for _ in EVENT_INSERT_COLUMNS)
+    + ")"
+)
+UNPARSED_KEEP = 1000  # sample lines kept per input; the count is always exact
+
+
+class StoreError(LoglyError):
+    """The database cannot be used as asked."""
+
+
+def schema_sql() -> str:
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "schema.sql", here.parent / "schema.sql"):
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    raise StoreError("schema.sql not found next to the package")
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._engine: Engine | None = None
+
+    # ---- connection ---------------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._make_engine()
+        return self._engine
+
+    def _make_engine(self) -> Engine:
+        if not self.path.exists():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # created 0640 before SQLite opens it: log content is sensitive
+                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o640)
+                os.close(fd)
+            except OSError as exc:
+                raise StoreError(f"cannot create database {self.path}: {exc.strerror}",
+                                 hint="pass --db PATH or set LOGLY_DB") from None
+        engine = create_engine(f"sqlite:///{self.path}", future=True)
+        timeout = self.busy_timeout_ms
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # SQLAlchemy's own transaction handling is replaced by explicit BEGIN below
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+            cur.execute("PRAGMA foreign_keys = ON")
+            try:
+                cur.execute("PRAGMA journal_mode = WAL")
+            except Exception:  # read-only medium: readers still work
+                pass
+            cur.execute("PRAGMA synchronous = NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+        return engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _write(self) -> Any:
+        conn = self.engine.connect()
+        conn.info["write"] = True
+        return _WriteTxn(conn)
+
+    # ---- schema -------------------------------------------------------------------------------
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            exists = conn.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='metadata'"
+            ).first()
+            if not exists:
+                return 0
+            row = conn.exec_driver_sql(
+                "SELECT value FROM metadata WHERE key='schema_version'"
+            ).first()
+            return int(row[0]) if row else 0
+
+    def init(self) -> int:
+        """Create or upgrade the schema; idempotent. Returns the version now in place."""
+        current = self.version()
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {current} is newer than this Logly ({SCHEMA_VERSION})",
+                hint="upgrade Logly",
+            )
+        if current == SCHEMA_VERSION:
+            return current
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            if current == 0:
+                cur.executescript("BEGIN;\n" + schema_sql() + "\nCOMMIT;")
+                now = utcnow()
+                cur.executemany(
+                    "INSERT OR IGNORE INTO metadata (key, value) VALUES (?, ?)",
+                    [("created", now), ("hostname", socket.gethostname())],
+                )
+            else:
+                for v in range(current + 1, SCHEMA_VERSION + 1):
+                    cur.executescript("BEGIN;\n" + MIGRATIONS[v] + "\nCOMMIT;")
+            cur.execute(
+                "INSERT INTO metadata (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+            cur.close()
+        finally:
+            raw.close()
+        return SCHEMA_VERSION
+
+    def require_schema(self) -> None:
+        if not self.path.exists() or self.version() == 0:
+            raise StoreError(f"no Logly database at {self.path}", hint="run `logly init` first")
+
+    # ---- inputs and checkpoints ---------------------------------------------------------------
+    def open_source(
+        self, identity: str, path: str, kind: str = "file",
+        device: int | None = None, inode: int | None = None,
+    ) -> tuple[int, int]:
+        """The id and committed offset of an input, registering it if new."""
+        now = utcnow()
+        with self._write() as conn:
+            row = conn.exec_driver_sql(
+                'SELECT id, "offset" FROM source_files WHERE identity = ?', (identity,)
+            ).first()
+            if row:
+                conn.exec_driver_sql(
+                    "UPDATE source_files SET path = ?, device = ?, inode = ?, updated = ? "
+                    "WHERE id = ?", (path, device, inode, now, row[0]),
+                )
+                return int(row[0]), int(row[1])
+            cur = conn.exec_driver_sql(
+                "INSERT INTO source_files (identity, path, kind, device, inode, first_seen, "
+                "updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (identity, path, kind, device, inode, now, now),
+            )
+            return int(cur.lastrowid), 0
+
+    def write_batch(
+        self,
+        file_id: int,
+        rows: Sequence[tuple],
+        unparsed: Sequence[tuple[int, str, str]],
+        offset: int,
+        lines: int,
+        size: int | None = None,
+    ) -> int:
+        """Store events and unparsed samples and move the checkpoint, in one transaction.
+
+        `rows` are tuples in EVENT_INSERT_COLUMNS order; `unparsed` are (offset, reason, line).
+        Returns how many events were new (a re-read line is ignored by its (file, offset) key).
+        """
+        now = utcnow()
+        with self._write() as conn:
+            before = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
+            if rows:
+                conn.exec_driver_sql(_INSERT_EVENT, list(rows))
+            inserted = conn.exec_driver_sql("SELECT total_changes()").scalar_one() - before
+            if unparsed:
+                kept = conn.exec_driver_sql(
+                    "SELECT count(*) FROM unparsed_lines WHERE file_id = ?", (file_id,)
+                ).scalar_one()
+                room = max(0, UNPARSED_KEEP - kept)
+                if room:
+                    conn.exec_driver_sql(
+                        'INSERT INTO unparsed_lines (file_id, "offset", reason, line, seen) '
+                        "VALUES (?, ?, ?, ?, ?)",
+                        [(file_id, o, r, ln[:4096], now) for o, r, ln in unparsed[:room]],
+                    )
+            conn.exec_driver_sql(
+                'UPDATE source_files SET "offset" = ?, size = coalesce(?, size), '
+                "lines = lines + ?, events = events + ?, unparsed = unparsed + ?, updated = ? "
+                "WHERE id = ?",
+                (offset, size, lines, inserted, len(unparsed), now, file_id),
+            )
+        return inserted
+
+    # ---- queries ------------------------------------------------------------------------------
+    def get_log_events(
+        self,
+        start: str | None = None,
+        end: str | None = None,
+        source: str | None = None,
+        level: str | None = None,
+        ip: str | None = None,
+        user: str | None = None,
+        action: str | None = None,
+        limit: int | None = 100,
+        program: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Events newest first, as dicts keyed like the JSON contract."""
+        where, params = [], {}
+        for col, val, op in (
+            ("e.timestamp", start, ">="), ("e.timestamp", end, "<"), ("e.source", source, "="),
+            ("e.level", level, "="), ("e.ip_address", ip, "="), ("e.user", user, "="),
+            ("e.action", action, "="), ("e.program", program, "="),
+        ):
+            if val is not None:
+                key = f"p{len(params)}"
+                where.append(f"{col} {op} :{key}")
+                params[key] = val
+        sql = (
+            "SELECT e.id, e.timestamp, e.source, e.host, e.program, e.pid, e.level, e.service, "
+            "e.action, e.message, e.ip_address, e.user, e.port, e.metadata, f.path, e.\"offset\", "
+            "e.trace_id FROM log_events e LEFT JOIN source_files f ON f.id = e.file_id"
+        )
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY e.timestamp DESC, e.id DESC"
+        if limit is not None:
+            sql += " LIMIT :limit"
+            params["limit"] = int(limit)
+        with self.engine.connect() as conn:
+            result = conn.execute(text(sql), params)
+            cols = list(result.keys())
+            out = []
+            for row in result:
+                d = dict(zip(cols, row, strict=True))
+                d["metadata"] = json.loads(d["metadata"]) if d["metadata"] else {}
+                out.append(d)
+        return out
+
+    def unparsed_lines(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            result = conn.exec_driver_sql(
+                'SELECT f.path, u."offset", u.reason, u.line, u.seen FROM unparsed_lines u '
+                "LEFT JOIN source_files f ON f.id = u.file_id ORDER BY u.id DESC LIMIT ?",
+                (limit,),
+            )
+            return [dict(zip(result.keys(), r, strict=True)) for r in result]
+
+    def sources(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            result = conn.exec_driver_sql(
+                'SELECT id, path, kind, identity, "offset", size, lines, events, unparsed, '
+                "first_seen, updated FROM source_files ORDER BY path"
+            )
+            return [dict(zip(result.keys(), r, strict=True)) for r in result]
+
+    def get_stats(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            tables = [
+                r[0] for r in conn.exec_driver_sql(
+                    "SELECT name FROM sqlite_master WHERE type='table' "
+                    "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                )
+            ]
+            rows = {
+                t: conn.exec_driver_sql(f'SELECT count(*) FROM "{t}"').scalar_one()
+                for t in tables
+            }
+            meta = dict(conn.exec_driver_sql("SELECT key, value FROM metadata").all())
+        size = sum(
+            p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists()
+        )
+        sources = self.sources()
+        return {
+            "database": str(self.path),
+            "schema_version": int(meta.get("schema_version", 0)),
+            "created": meta.get("created"),
+            "hostname": meta.get("hostname"),
+            "size_bytes": size,
+            "rows": rows,
+            "unparsed": sum(s["unparsed"] for s in sources),
+            "sources": sources,
+        }
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self._write() as conn:
+            conn.exec_driver_sql(sql, list(rows))
+
+
+class _WriteTxn:
+    """`with store._write() as conn:` — BEGIN IMMEDIATE ... COMMIT, rollback on error."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> Connection:
+        self.txn = self.conn.begin()
+        return self.conn
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        try:
+            if exc_type is None:
+                self.txn.commit()
+            else:
+                self.txn.rollback()
+        finally:
+            self.conn.close()
