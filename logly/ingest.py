@@ -1,26 +1,34 @@
-"""One-shot ingestion: inputs → parser → batched store writes with the checkpoint.
+"""One-shot ingestion: input → parser → batched store writes with the checkpoint.
 
-Batches are bounded by lines and by time; each batch's events and the input's new offset are
-committed in one transaction, so an interrupted ingest resumes where it stopped and a repeated
-ingest of the same input stores nothing twice.
+Parsing and writing run in two processes when the input is large (the parser's regexes and
+SQLite's index updates each fill a core; threads would share one through the GIL). Batches are
+bounded by lines and by time; each batch's events and the input's new offset are committed in
+one transaction, so an interrupted ingest resumes where it stopped and a repeated ingest of the
+same input stores nothing twice.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from typing import Any
 
+from logly.errors import LoglyError
 from logly.parsers.header import HeaderParser
 from logly.parsers.line import LineParser
 from logly.parsers.rules import RuleSet
-from logly.sources.files import Input, end_offset, open_input, read_lines
+from logly.sources.files import Input, end_offset, read_lines
 from logly.store.sqlite import SQLiteStore
 
 BATCH_LINES = 20_000
 BATCH_SECONDS = 1.0
+PARALLEL_MIN_BYTES = 8 << 20  # below this a second process costs more than it saves
+QUEUE_BATCHES = 4  # bounds memory: at most this many parsed batches wait for the writer
 
 
 @dataclass
@@ -40,13 +48,126 @@ class IngestSummary:
     def lines_per_second(self) -> float:
         return self.lines / self.seconds if self.seconds > 0 else 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["lines_per_second"] = round(self.lines_per_second, 1)
         return d
 
 
+@dataclass
+class Batch:
+    rows: list[tuple]
+    unparsed: list[tuple[int, str, str]]
+    next_offset: int
+    lines: int
+    matched: int
+    reasons: dict[str, int]
+    invalid_utf8: int = 0
+    truncated: int = 0
+
+
 Progress = Callable[[int], None]  # called with bytes consumed since the last call
+
+
+class MetadataEncoder:
+    """JSON text of an event's metadata; most events repeat a few shapes, so cache those."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._cache: dict[tuple, str] = {}
+        self._size = size
+
+    def __call__(self, meta: dict[str, Any]) -> str | None:
+        if not meta:
+            return None
+        try:
+            key = tuple(meta.items())
+            hit = self._cache.get(key)
+        except TypeError:  # an unhashable value (a nested dict): encode directly
+            return json.dumps(meta, ensure_ascii=False)
+        if hit is None:
+            hit = json.dumps(meta, ensure_ascii=False)
+            if len(self._cache) >= self._size:
+                self._cache.clear()
+            self._cache[key] = hit
+        return hit
+
+
+def parse_batches(
+    inp: Input,
+    rules: RuleSet,
+    file_id: int,
+    start: int,
+    *,
+    tz: tzinfo | None = None,
+    year: int | None = None,
+    batch_lines: int = BATCH_LINES,
+    batch_seconds: float = BATCH_SECONDS,
+) -> Iterator[Batch]:
+    """Parse `inp` from byte `start` into store-ready batches (rows in EVENT_INSERT_COLUMNS)."""
+    parse = LineParser(rules, HeaderParser(tz=tz, reference=inp.mtime, year=year)).parse
+    encode = MetadataEncoder()
+    path = inp.path
+    stats = inp.stats
+    rows: list[tuple] = []
+    unparsed: list[tuple[int, str, str]] = []
+    reasons: dict[str, int] = {}
+    matched = n = 0
+    next_offset = start
+    deadline = time.monotonic() + batch_seconds
+    for offset, nxt, text in read_lines(inp, start):
+        out = parse(text, path, offset)
+        ev = out.event
+        n += 1
+        if ev is not None:
+            if out.rule is not None:
+                matched += 1
+            rows.append((
+                ev.timestamp, ev.source, ev.host, ev.program, ev.pid, ev.level, ev.service,
+                ev.action, ev.message, ev.ip_address, ev.user, ev.port, encode(ev.metadata),
+                file_id, offset,
+            ))
+        else:
+            reason = out.reason or "unparsed"
+            reasons[reason] = reasons.get(reason, 0) + 1
+            unparsed.append((offset, reason, text))
+        next_offset = nxt
+        if n >= batch_lines or (n & 1023 == 0 and time.monotonic() > deadline):
+            yield Batch(rows, unparsed, next_offset, n, matched, reasons,
+                        stats.invalid_utf8, stats.truncated)
+            rows, unparsed, reasons, matched, n = [], [], {}, 0, 0
+            stats.invalid_utf8 = stats.truncated = 0
+            deadline = time.monotonic() + batch_seconds
+    if n:
+        yield Batch(rows, unparsed, next_offset, n, matched, reasons,
+                    stats.invalid_utf8, stats.truncated)
+
+
+def _parse_worker(queue: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+    try:
+        for batch in parse_batches(*args, **kwargs):
+            queue.put(batch)
+        queue.put(None)
+    except BaseException:  # report, never hang the writer
+        queue.put(("error", traceback.format_exc()))
+
+
+def _batches_in_child(args: tuple, kwargs: dict[str, Any]) -> Iterator[Batch]:
+    ctx = mp.get_context("fork")  # the child inherits the open input and the loaded rules
+    queue = ctx.Queue(QUEUE_BATCHES)
+    proc = ctx.Process(target=_parse_worker, args=(queue, args, kwargs), daemon=True)
+    proc.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is None:
+                break
+            if isinstance(item, tuple):
+                raise LoglyError(f"parser process failed:\n{item[1]}")
+            yield item
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+        proc.join()
 
 
 def ingest_input(
@@ -59,6 +180,7 @@ def ingest_input(
     progress: Progress | None = None,
     batch_lines: int = BATCH_LINES,
     batch_seconds: float = BATCH_SECONDS,
+    parallel: bool | None = None,
 ) -> IngestSummary:
     t0 = time.perf_counter()
     summary = IngestSummary(inp.path)
@@ -67,64 +189,26 @@ def ingest_input(
     file_id, committed = store.open_source(inp.identity, inp.path, inp.kind, inp.device,
                                            inp.inode)
     summary.skipped_bytes = committed
-    parser = LineParser(rules, HeaderParser(tz=tz, reference=inp.mtime, year=year))
-    parse = parser.parse
-    path = inp.path
-    rows: list[tuple] = []
-    unparsed: list[tuple[int, str, str]] = []
+    args = (inp, rules, file_id, committed)
+    kwargs = {"tz": tz, "year": year, "batch_lines": batch_lines,
+              "batch_seconds": batch_seconds}
+    if parallel is None:
+        parallel = inp.kind != "file" or (inp.size or 0) - committed >= PARALLEL_MIN_BYTES
+    batches = _batches_in_child(args, kwargs) if parallel else parse_batches(*args, **kwargs)
+    done = committed
     reasons = summary.unparsed_reasons
-    next_offset = committed
-    batch_start = committed
-    deadline = time.monotonic() + batch_seconds
-    n = 0
-
-    def flush() -> None:
-        nonlocal rows, unparsed, batch_start, deadline, n
-        summary.events += store.write_batch(file_id, rows, unparsed, next_offset, n,
-                                            end_offset(inp))
-        summary.lines += n
+    for b in batches:
+        summary.events += store.write_batch(file_id, b.rows, b.unparsed, b.next_offset,
+                                            b.lines, end_offset(inp))
+        summary.lines += b.lines
+        summary.matched += b.matched
+        summary.invalid_utf8 += b.invalid_utf8
+        summary.truncated += b.truncated
+        for k, v in b.reasons.items():
+            reasons[k] = reasons.get(k, 0) + v
         if progress:
-            progress(next_offset - batch_start)
-        rows, unparsed, n = [], [], 0
-        batch_start = next_offset
-        deadline = time.monotonic() + batch_seconds
-
-    for offset, nxt, text in read_lines(inp, committed):
-        out = parse(text, path, offset)
-        ev = out.event
-        n += 1
-        if ev is not None:
-            if out.rule is not None:
-                summary.matched += 1
-            meta = ev.metadata
-            rows.append((
-                ev.timestamp, ev.source, ev.host, ev.program, ev.pid, ev.level, ev.service,
-                ev.action, ev.message, ev.ip_address, ev.user, ev.port,
-                json.dumps(meta, ensure_ascii=False) if meta else None, file_id, offset,
-            ))
-        else:
-            reason = out.reason or "unparsed"
-            reasons[reason] = reasons.get(reason, 0) + 1
-            unparsed.append((offset, reason, text))
-        next_offset = nxt
-        if n >= batch_lines or (n & 1023 == 0 and time.monotonic() > deadline):
-            flush()
-    flush()
+            progress(b.next_offset - done)
+        done = b.next_offset
     summary.unparsed = sum(reasons.values())
-    summary.invalid_utf8 = inp.stats.invalid_utf8
-    summary.truncated = inp.stats.truncated
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def ingest_paths(
-    store: SQLiteStore, rules: RuleSet, paths: list[str], **kwargs
-) -> list[IngestSummary]:
-    out = []
-    for path in paths:
-        inp = open_input(path)
-        try:
-            out.append(ingest_input(store, rules, inp, **kwargs))
-        finally:
-            inp.close()
-    return out

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from logly.events import ACTIONS, LogEvent
 from logly.parsers.addresses import is_hostname, normalize_ip
 from logly.parsers.header import HeaderParser, strip_kernel_uptime
+from logly.parsers.patterns import Compiled
 from logly.parsers.rules import Rule, RuleSet
 
 MAX_LINE = 64 * 1024  # longer lines are cut before matching; the event notes the cut
@@ -76,22 +77,22 @@ class LineParser:
 
     def apply_rules(self, ev: LogEvent, program: str | None, text: str) -> Rule | None:
         for cand in self.rules.candidates(program, text):
-            m = cand.compiled.regex.match(text)
+            comp = cand.compiled
+            m = comp.regex.match(text)
             if m is None:
                 continue
             rule = cand.rule
             meta = ev.metadata
             ambiguous = False
-            if cand.compiled.lazy is not None:
-                other = cand.compiled.lazy.match(text)
-                ambiguous = other is not None and _ip_of(other, cand) != _ip_of(m, cand)
+            if comp.lazy is not None and (not comp.ip_sep or text.count(comp.ip_sep) > 1):
+                other = comp.lazy.match(text)
+                ambiguous = other is not None and _ip_of(other, comp) != _ip_of(m, comp)
                 if ambiguous:
                     meta["ambiguous_address"] = True
-            for gname, value in m.groupdict().items():
+            for name, value in zip(comp.fields, m.groups()):
                 if value is None:
                     continue
-                name = cand.compiled.groups[gname]
-                if name == "ip" or (ambiguous and name == "port"):
+                if name == "ip":
                     if ambiguous:
                         continue
                     addr = normalize_ip(value)
@@ -102,7 +103,8 @@ class LineParser:
                 elif name == "user":
                     ev.user = value
                 elif name == "port":
-                    ev.port = int(value)
+                    if not ambiguous:
+                        ev.port = int(value)
                 else:
                     meta[name] = value
             if rule.constants:
@@ -168,9 +170,8 @@ class LineParser:
         return Outcome(ev, rule)
 
 
-def _ip_of(m: re.Match[str], cand: object) -> str | None:
-    groups = cand.compiled.groups  # type: ignore[attr-defined]
-    return next((v for g, v in m.groupdict().items() if v and groups[g] == "ip"), None)
+def _ip_of(m: re.Match[str], comp: Compiled) -> str | None:
+    return next((v for n, v in zip(comp.fields, m.groups()) if v and n == "ip"), None)
 
 
 def _str(v: object) -> str | None:

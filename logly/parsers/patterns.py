@@ -58,6 +58,10 @@ class Compiled:
     source: str = ""
     # set when the pattern's shape lets two readings disagree on the address
     lazy: re.Pattern[str] | None = None
+    # the fixed word before <ip> ("from"): fewer than two in a message means no ambiguity
+    ip_sep: str = ""
+    # capture names in group order, for zip() with match.groups()
+    fields: tuple[str, ...] = ()
 
 
 # --- grammar -----------------------------------------------------------------------------------
@@ -77,7 +81,7 @@ _text = pp.Regex(r"[^<>\[\]{}|\\ ]+")
 _space = pp.Regex(r" +")
 _seq = pp.Forward()
 _optional = pp.Suppress("[") + pp.Group(_seq) + pp.Suppress("]")
-_choice = pp.Suppress("{") + pp.Group(pp.delimited_list(pp.Group(_seq), delim="|")) + pp.Suppress("}")
+_choice = pp.Suppress("{") + pp.Group(pp.DelimitedList(pp.Group(_seq), delim="|")) + pp.Suppress("}")
 
 
 def _cap_action(toks: pp.ParseResults) -> tuple:
@@ -143,6 +147,22 @@ def _ambiguous_shape(nodes: list[tuple]) -> bool:
     return False
 
 
+def _ip_separator(nodes: list[tuple]) -> str:
+    flat = _flatten(nodes)
+    for i, node in enumerate(flat):
+        if node[0] == "cap" and node[2] == "ip":
+            words = []
+            for prev in reversed(flat[:i]):
+                if prev[0] == "lit":
+                    words.append(prev[1])
+                elif prev[0] == "sp":
+                    words.append(" ")
+                else:
+                    break
+            return "".join(reversed(words)).strip()
+    return ""
+
+
 def compile_pattern(pattern: str) -> Compiled:
     nodes = parse(pattern)
     if not nodes:
@@ -195,4 +215,7 @@ def compile_pattern(pattern: str) -> Compiled:
     # a run of spaces in the pattern matches one or more, so the prefix is only exact before it
     literal = literal.split("  ")[0]
     lazy = re.compile(lazy_body + r"\s*\Z", re.DOTALL) if lazy_body else None
-    return Compiled(regex=regex, groups=groups, literal_prefix=literal, source=pattern, lazy=lazy)
+    return Compiled(regex=regex, groups=groups, literal_prefix=literal, source=pattern, lazy=lazy,
+                    ip_sep=_ip_separator(nodes) if lazy else "",
+                    fields=tuple(groups[g] for g, _ in
+                                 sorted(regex.groupindex.items(), key=lambda kv: kv[1])))

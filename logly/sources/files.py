@@ -48,8 +48,7 @@ class Input:
         return identity_of(self.head)
 
     def close(self) -> None:
-        if self.stream is not sys.stdin.buffer:
-            self.stream.close()
+        self.stream.close()
 
 
 def identity_of(first_line: bytes) -> str:
@@ -59,7 +58,8 @@ def identity_of(first_line: bytes) -> str:
 def open_input(path: str) -> Input:
     """Open a path (or "-") and read its first line for the identity; raises OSError."""
     if path == "-":
-        stream: BinaryIO = sys.stdin.buffer
+        # a private descriptor: a forked parser process closes sys.stdin, not this
+        stream: BinaryIO = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
         inp = Input("-", "stdin", stream, None)
     else:
         p = Path(path)

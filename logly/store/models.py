@@ -6,7 +6,7 @@ They serve typed reads and documentation; bulk writes go through SQLAlchemy Core
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Integer, UniqueConstraint
+from sqlalchemy import Column, Integer, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -52,7 +52,7 @@ class LogEventRow(SQLModel, table=True):
     ip_address: str | None = None
     user: str | None = None
     port: int | None = None
-    metadata_: str | None = Field(default=None, sa_column=Column("metadata", nullable=True))
+    metadata_: str | None = Field(default=None, sa_column=Column("metadata", String, nullable=True))
     file_id: int | None = Field(default=None, foreign_key="source_files.id")
     offset: int | None = Field(default=None, sa_column=_offset())
     trace_id: int | None = Field(default=None, foreign_key="event_traces.id")

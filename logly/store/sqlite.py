@@ -30,7 +30,7 @@ EVENT_INSERT_COLUMNS = (
     "ip_address", "user", "port", "metadata", "file_id", "offset",
 )
 _INSERT_EVENT = (
-    "INSERT OR IGNORE INTO log_events ("
+    "INSERT INTO log_events ("
     + ", ".join(f'"{c}"' for c in EVENT_INSERT_COLUMNS)
     + ") VALUES ("
     + ", ".join("?" for _ in EVENT_INSERT_COLUMNS)
@@ -197,14 +197,13 @@ class SQLiteStore:
         """Store events and unparsed samples and move the checkpoint, in one transaction.
 
         `rows` are tuples in EVENT_INSERT_COLUMNS order; `unparsed` are (offset, reason, line).
-        Returns how many events were new (a re-read line is ignored by its (file, offset) key).
+        Returns how many events were stored.
         """
         now = utcnow()
         with self._write() as conn:
-            before = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
             if rows:
-                conn.exec_driver_sql(_INSERT_EVENT, list(rows))
-            inserted = conn.exec_driver_sql("SELECT total_changes()").scalar_one() - before
+                conn.exec_driver_sql(_INSERT_EVENT, rows)
+            inserted = len(rows)
             if unparsed:
                 kept = conn.exec_driver_sql(
                     "SELECT count(*) FROM unparsed_lines WHERE file_id = ?", (file_id,)

@@ -1,0 +1,163 @@
+"""The store: schema and models agree, WAL, permissions, migrations, atomic batches."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlmodel import SQLModel
+
+import logly.store.models  # noqa: F401 - registers the tables
+from logly.store import sqlite as store_mod
+from logly.store.sqlite import SCHEMA_VERSION, SQLiteStore, StoreError
+
+ROW = ("2026-11-24T10:00:00.000000Z", "syslog", "web1", "sshd", 42, "warning", "ssh",
+       "auth_failure", "Failed password for root from 203.0.113.7 port 22 ssh2",
+       "203.0.113.7", "root", 22, '{"rule": "sshd/failed"}')
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> dict[str, tuple[str, bool, bool]]:
+    return {r[1]: (r[2].upper(), bool(r[3]), bool(r[5])) for r in
+            conn.execute(f'PRAGMA table_info("{table}")')}
+
+
+def test_models_mirror_schema_sql(store: SQLiteStore) -> None:
+    conn = sqlite3.connect(store.path)
+    tables = {r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
+    assert tables == set(SQLModel.metadata.tables)
+    type_map = {"INTEGER": "INTEGER", "VARCHAR": "TEXT", "FLOAT": "REAL", "TEXT": "TEXT"}
+    for name, table in SQLModel.metadata.tables.items():
+        cols = _columns(conn, name)
+        assert set(cols) == {c.name for c in table.columns}, name
+        for col in table.columns:
+            sql_type, notnull, pk = cols[col.name]
+            model_type = type_map.get(type(col.type).__name__.upper(),
+                                      str(col.type.compile()).upper())
+            assert sql_type == type_map.get(model_type, model_type), (name, col.name)
+            assert pk == col.primary_key, (name, col.name)
+        fks = {(r[3], r[2]) for r in conn.execute(f'PRAGMA foreign_key_list("{name}")')}
+        model_fks = {(fk.parent.name, fk.column.table.name) for fk in table.foreign_keys}
+        assert fks == model_fks, name
+
+
+def test_required_tables_and_indexes(store: SQLiteStore) -> None:
+    conn = sqlite3.connect(store.path)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    for t in ("system_metrics", "network_metrics", "log_events", "hourly_aggregates",
+              "daily_aggregates", "event_traces", "process_traces", "network_traces",
+              "error_traces", "ip_reputation", "trace_patterns", "metadata"):
+        assert t in names
+    idx = {r[1]: [c[2] for c in conn.execute(f'PRAGMA index_info("{r[1]}")')]
+           for r in conn.execute('PRAGMA index_list("log_events")')}
+    assert ["timestamp"] in idx.values()
+    assert ["source", "timestamp"] in idx.values()
+    assert ["ip_address", "timestamp"] in idx.values()
+    for t in ("process_traces", "network_traces", "error_traces"):
+        targets = {r[2] for r in conn.execute(f'PRAGMA foreign_key_list("{t}")')}
+        assert "event_traces" in targets
+
+
+def test_init_is_idempotent_and_records_metadata(db_path: Path) -> None:
+    s = SQLiteStore(db_path)
+    assert s.init() == SCHEMA_VERSION
+    created = s.get_stats()["created"]
+    assert s.init() == SCHEMA_VERSION
+    stats = s.get_stats()
+    assert stats["created"] == created and stats["hostname"]
+    assert stats["schema_version"] == SCHEMA_VERSION
+
+
+def test_database_file_is_0640_and_wal(db_path: Path, store: SQLiteStore) -> None:
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o640
+    mode = sqlite3.connect(db_path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_forward_migration_runs_in_order(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = SQLiteStore(db_path)
+    s.init()
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(store_mod.MIGRATIONS, SCHEMA_VERSION + 1,
+                        "ALTER TABLE log_events ADD COLUMN extra TEXT;")
+    assert s.init() == SCHEMA_VERSION + 1
+    cols = _columns(sqlite3.connect(db_path), "log_events")
+    assert "extra" in cols
+    assert s.version() == SCHEMA_VERSION + 1
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    s = SQLiteStore(db_path)
+    s.init()
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE metadata SET value='999' WHERE key='schema_version'")
+    conn.commit()
+    with pytest.raises(StoreError, match="newer"):
+        SQLiteStore(db_path).init()
+
+
+def test_batch_and_checkpoint_commit_together(store: SQLiteStore) -> None:
+    fid, off = store.open_source("id1", "/var/log/auth.log")
+    assert off == 0
+    rows = [(*ROW, fid, i * 100) for i in range(10)]
+    assert store.write_batch(fid, rows, [(1000, "no header", "junk")], 1100, 11) == 10
+    assert store.open_source("id1", "/var/log/auth.log.1") == (fid, 1100)
+    # a failing batch (NOT NULL violated) leaves neither rows nor checkpoint behind
+    bad = [(*ROW, fid, 2000), (None, *ROW[1:], fid, 2100)]
+    with pytest.raises(Exception):
+        store.write_batch(fid, bad, [], 2200, 2)
+    assert store.open_source("id1", "/x")[1] == 1100
+    assert len(store.get_log_events(limit=None)) == 10
+    src = store.sources()[0]
+    assert (src["lines"], src["events"], src["unparsed"]) == (11, 10, 1)
+
+
+def test_query_filters_are_parameters(store: SQLiteStore) -> None:
+    fid, _ = store.open_source("id2", "/log")
+    rows = [
+        (*ROW, fid, 0),
+        ("2026-11-24T11:00:00.000000Z", "syslog", "web1", "sshd", 43, "notice", "ssh",
+         "auth_success", "Accepted", "198.51.100.1", "alice", 22, None, fid, 100),
+    ]
+    store.write_batch(fid, rows, [], 200, 2)
+    assert [e["user"] for e in store.get_log_events(action="auth_success")] == ["alice"]
+    assert [e["user"] for e in store.get_log_events(ip="203.0.113.7")] == ["root"]
+    assert store.get_log_events(user="x' OR '1'='1") == []
+    assert [e["id"] for e in store.get_log_events(start="2026-11-24T10:30:00.000000Z")] == [2]
+    assert [e["id"] for e in store.get_log_events(end="2026-11-24T10:30:00.000000Z")] == [1]
+    ev = store.get_log_events(action="auth_failure")[0]
+    assert ev["metadata"] == {"rule": "sshd/failed"} and ev["path"] == "/log"
+
+
+def test_reader_waits_for_writer_instead_of_failing(store: SQLiteStore) -> None:
+    """A write lock held briefly by another connection is waited out (busy timeout)."""
+    fid, _ = store.open_source("id3", "/log")
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release() -> None:
+        time.sleep(0.5)
+        other.execute("COMMIT")
+        released.set()
+
+    threading.Thread(target=release).start()
+    t0 = time.monotonic()
+    store.write_batch(fid, [(*ROW, fid, 0)], [], 100, 1)
+    assert released.is_set() and time.monotonic() - t0 >= 0.4
+
+
+def test_missing_database_is_a_typed_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no Logly database"):
+        SQLiteStore(tmp_path / "none.db").require_schema()
+
+
+def test_unwritable_location_is_a_typed_error(tmp_path: Path) -> None:
+    # a path below a regular file cannot be created, even by root
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(StoreError, match="cannot create"):
+        SQLiteStore(tmp_path / "plain" / "x.db").init()
