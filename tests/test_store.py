@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
 import logly.store.models  # noqa: F401 - registers the tables
@@ -108,7 +109,7 @@ def test_batch_and_checkpoint_commit_together(store: SQLiteStore) -> None:
     assert store.open_source("id1", "/var/log/auth.log.1") == (fid, 1100)
     # a failing batch (NOT NULL violated) leaves neither rows nor checkpoint behind
     bad = [(*ROW, fid, 2000), (None, *ROW[1:], fid, 2100)]
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError):
         store.write_batch(fid, bad, [], 2200, 2)
     assert store.open_source("id1", "/x")[1] == 1100
     assert len(store.get_log_events(limit=None)) == 10

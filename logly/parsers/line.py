@@ -89,7 +89,7 @@ class LineParser:
                 ambiguous = other is not None and _ip_of(other, comp) != _ip_of(m, comp)
                 if ambiguous:
                     meta["ambiguous_address"] = True
-            for name, value in zip(comp.fields, m.groups()):
+            for name, value in zip(comp.fields, m.groups(), strict=True):
                 if value is None:
                     continue
                 if name == "ip":
@@ -171,7 +171,7 @@ class LineParser:
 
 
 def _ip_of(m: re.Match[str], comp: Compiled) -> str | None:
-    return next((v for n, v in zip(comp.fields, m.groups()) if v and n == "ip"), None)
+    return next((v for n, v in zip(comp.fields, m.groups(), strict=True) if v and n == "ip"), None)
 
 
 def _str(v: object) -> str | None:

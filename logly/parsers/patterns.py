@@ -81,7 +81,8 @@ _text = pp.Regex(r"[^<>\[\]{}|\\ ]+")
 _space = pp.Regex(r" +")
 _seq = pp.Forward()
 _optional = pp.Suppress("[") + pp.Group(_seq) + pp.Suppress("]")
-_choice = pp.Suppress("{") + pp.Group(pp.DelimitedList(pp.Group(_seq), delim="|")) + pp.Suppress("}")
+_branches = pp.DelimitedList(pp.Group(_seq), delim="|")
+_choice = pp.Suppress("{") + pp.Group(_branches) + pp.Suppress("}")
 
 
 def _cap_action(toks: pp.ParseResults) -> tuple:

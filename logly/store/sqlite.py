@@ -8,6 +8,7 @@ never separates stored events from the recorded read position. All SQL is parame
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -88,10 +89,8 @@ class SQLiteStore:
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout = {int(timeout)}")
             cur.execute("PRAGMA foreign_keys = ON")
-            try:
+            with contextlib.suppress(Exception):  # read-only medium: readers still work
                 cur.execute("PRAGMA journal_mode = WAL")
-            except Exception:  # read-only medium: readers still work
-                pass
             cur.execute("PRAGMA synchronous = NORMAL")
             cur.close()
 

@@ -1,0 +1,57 @@
+"""The rule pattern language: compilation, errors, and address anchoring."""
+
+from __future__ import annotations
+
+import pytest
+
+from logly.parsers.patterns import PatternError, compile_pattern
+
+
+def groups(pattern: str, text: str) -> dict[str, str] | None:
+    c = compile_pattern(pattern)
+    m = c.regex.match(text)
+    if m is None:
+        return None
+    return {c.groups[g]: v for g, v in m.groupdict().items() if v is not None}
+
+
+def test_captures_optionals_and_choices() -> None:
+    p = "Failed <method:word> for {invalid user |}<user> from <ip>[ port <port>][ ssh2]"
+    assert groups(p, "Failed password for invalid user bob from 1.2.3.4 port 22 ssh2") == {
+        "method": "password", "user": "bob", "ip": "1.2.3.4", "port": "22"}
+    assert groups(p, "Failed none for root from ::1") == {"method": "none", "user": "root",
+                                                          "ip": "::1"}
+    assert groups(p, "Failed password for root from 1.2.3.4 port 22 ssh2 trailing") is None
+
+
+def test_space_matches_runs_of_spaces_and_escapes_are_literal() -> None:
+    assert groups(r"rhost=<ip> user=<user:word> \[x\]", "rhost=1.2.3.4  user=root [x]") == {
+        "ip": "1.2.3.4", "user": "root"}
+
+
+def test_patterns_are_anchored_at_both_ends() -> None:
+    assert groups("Invalid user <user> from <ip>", "xx Invalid user a from 1.2.3.4") is None
+    assert groups("Invalid user <user> from <ip>", "Invalid user a from 1.2.3.4 x") is None
+
+
+def test_last_address_wins_before_a_fixed_tail() -> None:
+    g = groups("Invalid user <user> from <ip> port <port>",
+               "Invalid user x from 6.6.6.6 port 1 from 1.2.3.4 port 2")
+    assert g == {"user": "x from 6.6.6.6 port 1", "ip": "1.2.3.4", "port": "2"}
+
+
+def test_free_text_after_the_address_gets_a_second_reading() -> None:
+    c = compile_pattern("Failed <m:word> for <user> from <ip> port <port>[: <*>]")
+    assert c.lazy is not None and c.ip_sep == "from"
+    assert compile_pattern("Invalid user <user> from <ip>").lazy is None
+
+
+@pytest.mark.parametrize(("pattern", "needle"), [
+    ("Failed for <user from <ip>", "bracket"),
+    ("Failed [for <user>", "bracket"),
+    ("Failed for <user:nosuchtype>", "unknown capture type"),
+    ("", "empty"),
+])
+def test_errors_are_explained(pattern: str, needle: str) -> None:
+    with pytest.raises(PatternError, match=needle):
+        compile_pattern(pattern)
