@@ -8,6 +8,7 @@ stack. Log content is attacker-controlled, so every value printed to a terminal 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,19 @@ def _ctx(db: Path | None, config: Path | None) -> Context:
     cfg = load_config(config)
     if db is not None:
         cfg.db = db
-    return Context(cfg, Console(highlight=False), Console(stderr=True, highlight=False))
+    out = Console(highlight=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(highlight=False, width=160)  # piped: do not squeeze into 80 columns
+    return Context(cfg, out, Console(stderr=True, highlight=False))
+
+
+def _table(*headers: str, title: str | None = None) -> Table:
+    """Short fields never wrap; the last column (a message) folds."""
+    table = Table(title=title, title_justify="left")
+    for i, h in enumerate(headers):
+        last = i == len(headers) - 1
+        table.add_column(h, no_wrap=not last, overflow="fold" if last else "ellipsis")
+    return table
 
 
 def _cell(value: Any) -> Text:
@@ -146,8 +159,8 @@ def ingest(
     if as_json:
         ctx.print_json([s.to_dict() for s in summaries])
     else:
-        table = Table("input", "lines", "events", "matched", "unparsed", "lines/s",
-                      title="Ingested", title_justify="left")
+        table = _table("input", "lines", "events", "matched", "unparsed", "lines/s",
+                       title="Ingested")
         for s in summaries:
             table.add_row(_cell(s.path), f"{s.lines:,}", f"{s.events:,}", f"{s.matched:,}",
                           f"{s.unparsed:,}", f"{s.lines_per_second:,.0f}")
@@ -229,7 +242,7 @@ def events(
     if as_json:
         ctx.print_json(rows)
         return
-    table = Table("id", "time (UTC)", "host", "program", "action", "ip", "user", "message")
+    table = _table("id", "time (UTC)", "host", "program", "action", "ip", "user", "message")
     for r in rows:
         table.add_row(str(r["id"]), r["timestamp"][:19].replace("T", " "), _cell(r["host"]),
                       _cell(r["program"]), _cell(r["action"]), _cell(r["ip_address"]),
@@ -251,12 +264,12 @@ def stats(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None) 
         return
     ctx.out.print(Text(f"Database {data['database']}: schema {data['schema_version']}, "
                        f"{data['size_bytes'] / 1e6:,.1f} MB, {data['unparsed']:,} unparsed lines"))
-    t = Table("table", "rows", title="Tables", title_justify="left")
+    t = _table("table", "rows", title="Tables")
     for name, n in data["rows"].items():
         t.add_row(name, f"{n:,}")
     ctx.out.print(t)
-    s = Table("input", "kind", "offset", "lines", "events", "unparsed", "updated",
-              title="Inputs", title_justify="left")
+    s = _table("input", "kind", "offset", "lines", "events", "unparsed", "updated",
+               title="Inputs")
     for src in data["sources"]:
         s.add_row(_cell(src["path"]), src["kind"], f"{src['offset']:,}", f"{src['lines']:,}",
                   f"{src['events']:,}", f"{src['unparsed']:,}", src["updated"][:19])
@@ -298,7 +311,7 @@ def rules_test(
     if as_json:
         ctx.print_json(rows)
         return
-    table = Table("line", "rule", "action", "ip", "user", "port", "text")
+    table = _table("line", "rule", "action", "ip", "user", "port", "text")
     for r in rows:
         table.add_row(str(r["line"]), _cell(r["rule"] or r["reason"] or "-"),
                       _cell(r["action"]), _cell(r["ip_address"]), _cell(r["user"]),
@@ -327,7 +340,7 @@ def rules_list(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = N
     if as_json:
         ctx.print_json(rows)
         return
-    table = Table("rule", "action", "programs", "patterns")
+    table = _table("rule", "action", "programs", "patterns")
     for r in rows:
         table.add_row(r["rule"], r["action"], ", ".join(r["programs"]), str(len(r["patterns"])))
     ctx.out.print(table)
