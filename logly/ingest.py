@@ -28,6 +28,9 @@ from logly.store.sqlite import SQLiteStore
 BATCH_LINES = 20_000
 BATCH_SECONDS = 1.0
 PARALLEL_MIN_BYTES = 8 << 20  # below this a second process costs more than it saves
+# Indexes are dropped and rebuilt when a load brings more rows than the table holds, and at
+# least this many (estimated from bytes at ~100 bytes a line): rebuilding sorts once.
+BULK_MIN_ROWS = 500_000
 QUEUE_BATCHES = 4  # bounds memory: at most this many parsed batches wait for the writer
 
 
@@ -181,6 +184,7 @@ def ingest_input(
     batch_lines: int = BATCH_LINES,
     batch_seconds: float = BATCH_SECONDS,
     parallel: bool | None = None,
+    bulk: bool | None = None,
 ) -> IngestSummary:
     t0 = time.perf_counter()
     summary = IngestSummary(inp.path)
@@ -195,7 +199,24 @@ def ingest_input(
     if parallel is None:
         parallel = inp.kind != "file" or (inp.size or 0) - committed >= PARALLEL_MIN_BYTES
     batches = _batches_in_child(args, kwargs) if parallel else parse_batches(*args, **kwargs)
-    done = committed
+    expected_rows = ((inp.size or 0) - committed) // 100
+    bulk = bulk if bulk is not None else (
+        expected_rows >= BULK_MIN_ROWS and expected_rows > store.approx_event_rows())
+    if bulk:
+        store.drop_event_indexes()
+    try:
+        _write_batches(store, inp, file_id, committed, batches, summary, progress)
+    finally:
+        if bulk:
+            store.ensure_indexes()
+    summary.unparsed = sum(summary.unparsed_reasons.values())
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _write_batches(store: SQLiteStore, inp: Input, file_id: int, done: int,
+                   batches: Iterator[Batch], summary: IngestSummary,
+                   progress: Progress | None) -> None:
     reasons = summary.unparsed_reasons
     for b in batches:
         summary.events += store.write_batch(file_id, b.rows, b.unparsed, b.next_offset,
@@ -209,6 +230,3 @@ def ingest_input(
         if progress:
             progress(b.next_offset - done)
         done = b.next_offset
-    summary.unparsed = sum(reasons.values())
-    summary.seconds = time.perf_counter() - t0
-    return summary

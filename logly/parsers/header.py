@@ -23,7 +23,7 @@ MONTHS = {m: i for i, m in enumerate(
 
 # Fast path: the two forms a Debian server writes.
 _FAST_3164 = re.compile(
-    r"([A-Z][a-z]{2}) ([ \d]?\d) (\d\d:\d\d:\d\d) ([^\s\[\]]+) ([^\s\[\]:]+)(?:\[(\d+)\])?: ?(.*)",
+    r"([A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d) ([^\s\[\]]+) ([^\s\[\]:]+)(?:\[(\d+)\])?: ?(.*)",
     re.S,
 )
 _FAST_ISO = re.compile(
@@ -100,7 +100,7 @@ class HeaderParser:
         return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
     def time_3164(self, mon: str, day: str, clock: str) -> str | None:
-        key = f"{mon} {day} {clock}"
+        key = f"{mon} {day:>2} {clock}"
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -144,10 +144,17 @@ class HeaderParser:
         if c.isalpha():
             m = _FAST_3164.match(line)
             if m:
-                ts = self.time_3164(m[1], m[2].strip(), m[3])
+                stamp = m[1]
+                ts = self._cache.get(stamp)
+                if ts is None:
+                    mon, day, clock = stamp.split()
+                    ts = self.time_3164(mon, day, clock)
                 if ts is not None:
-                    pid = m[6]
-                    return Header(ts, m[4], _prog(m[5]), int(pid) if pid else None, m[7])
+                    pid = m[4]
+                    prog = m[3]
+                    if "/" in prog:
+                        prog = _prog(prog)
+                    return Header(ts, m[2], prog, int(pid) if pid else None, m[5])
         elif c.isdigit():
             m = _FAST_ISO.match(line)
             if m:

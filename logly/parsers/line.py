@@ -44,7 +44,8 @@ class LineParser:
             line, cut = line[:MAX_LINE], len(line)
         else:
             cut = 0
-        line = line.rstrip("\r\n")
+        if line[-1:] == "\r":
+            line = line.rstrip("\r")
         if "\x00" in line:
             line = line.replace("\x00", "\ufffd")
         if line[:1] == "{":
@@ -60,7 +61,9 @@ class LineParser:
         if cut:
             meta["truncated_from"] = cut
         program = head.program
-        message = head.message.lstrip(" ")
+        message = head.message
+        if message[:1] == " ":
+            message = message.lstrip(" ")
         if program == "kernel":
             message = strip_kernel_uptime(message)
         source = "fail2ban" if program and program.startswith("fail2ban") else "syslog"

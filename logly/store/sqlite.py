@@ -132,6 +132,7 @@ class SQLiteStore:
                 hint="upgrade Logly",
             )
         if current == SCHEMA_VERSION:
+            self.ensure_indexes()
             return current
         raw = self.engine.raw_connection()
         try:
@@ -155,6 +156,31 @@ class SQLiteStore:
         finally:
             raw.close()
         return SCHEMA_VERSION
+
+    # ---- bulk loading -------------------------------------------------------------------------
+    def event_index_ddl(self) -> list[str]:
+        """The CREATE INDEX statements for log_events, as schema.sql declares them."""
+        stmts = [st.strip() for st in schema_sql().split(";")]
+        return [st for st in stmts
+                if st.upper().startswith("CREATE INDEX") and " ON log_events " in st]
+
+    def ensure_indexes(self) -> None:
+        """Recreate any log_events index a bulk load dropped (also after a crash)."""
+        with self._write() as conn:
+            for ddl in self.event_index_ddl():
+                conn.exec_driver_sql(ddl)
+
+    def approx_event_rows(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM log_events")
+                       .scalar_one())
+
+    def drop_event_indexes(self) -> None:
+        """For a load much larger than the table: one sort at the end beats per-row upkeep."""
+        with self._write() as conn:
+            for ddl in self.event_index_ddl():
+                name = ddl.split("EXISTS", 1)[1].split()[0]
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
 
     def require_schema(self) -> None:
         if not self.path.exists() or self.version() == 0:
