@@ -13,7 +13,7 @@ import json
 import multiprocessing as mp
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
@@ -23,7 +23,7 @@ from logly.parsers.header import HeaderParser
 from logly.parsers.line import LineParser
 from logly.parsers.rules import RuleSet
 from logly.sources.files import Input, end_offset, read_lines
-from logly.store.sqlite import SQLiteStore
+from logly.store.sqlite import BatchHook, SQLiteStore
 
 BATCH_LINES = 20_000
 BATCH_SECONDS = 1.0
@@ -185,6 +185,7 @@ def ingest_input(
     batch_seconds: float = BATCH_SECONDS,
     parallel: bool | None = None,
     bulk: bool | None = None,
+    hooks: Sequence[BatchHook] = (),
 ) -> IngestSummary:
     t0 = time.perf_counter()
     summary = IngestSummary(inp.path)
@@ -205,7 +206,7 @@ def ingest_input(
     if bulk:
         store.drop_event_indexes()
     try:
-        _write_batches(store, inp, file_id, committed, batches, summary, progress)
+        _write_batches(store, inp, file_id, committed, batches, summary, progress, hooks)
     finally:
         if bulk:
             store.ensure_indexes()
@@ -216,11 +217,11 @@ def ingest_input(
 
 def _write_batches(store: SQLiteStore, inp: Input, file_id: int, done: int,
                    batches: Iterator[Batch], summary: IngestSummary,
-                   progress: Progress | None) -> None:
+                   progress: Progress | None, hooks: Sequence[BatchHook]) -> None:
     reasons = summary.unparsed_reasons
     for b in batches:
         summary.events += store.write_batch(file_id, b.rows, b.unparsed, b.next_offset,
-                                            b.lines, end_offset(inp))
+                                            b.lines, end_offset(inp), hooks)
         summary.lines += b.lines
         summary.matched += b.matched
         summary.invalid_utf8 += b.invalid_utf8

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ _INSERT_EVENT = (
     + ")"
 )
 UNPARSED_KEEP = 1000  # sample lines kept per input; the count is always exact
+# runs inside a batch's transaction: (connection, rows, id of the first row)
+BatchHook = Callable[[Connection, Sequence[tuple], int], None]
 
 
 class StoreError(LoglyError):
@@ -218,17 +220,25 @@ class SQLiteStore:
         offset: int,
         lines: int,
         size: int | None = None,
+        hooks: Sequence[BatchHook] = (),
     ) -> int:
         """Store events and unparsed samples and move the checkpoint, in one transaction.
 
         `rows` are tuples in EVENT_INSERT_COLUMNS order; `unparsed` are (offset, reason, line).
+        Each hook runs inside the same transaction as `hook(conn, rows, first_id)`: the stored
+        events have ids first_id, first_id + 1, ... in row order (one writer, rowid = max + 1),
+        so derived tables (reputation, traces) commit or roll back with the events.
         Returns how many events were stored.
         """
         now = utcnow()
         with self._write() as conn:
+            first_id = 1 + conn.exec_driver_sql(
+                "SELECT coalesce(max(id), 0) FROM log_events").scalar_one()
             if rows:
                 conn.exec_driver_sql(_INSERT_EVENT, rows)
             inserted = len(rows)
+            for hook in hooks:
+                hook(conn, rows, first_id)
             if unparsed:
                 kept = conn.exec_driver_sql(
                     "SELECT count(*) FROM unparsed_lines WHERE file_id = ?", (file_id,)
