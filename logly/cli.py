@@ -7,23 +7,17 @@ stack. Log content is attacker-controlled, so every value printed to a terminal 
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-from logly.config import Config, load_config
+from logly.clikit import ConfigOpt, Context, DbOpt, JsonOpt, _cell, _ctx, _table
 from logly.errors import ExitCode, LoglyError, UsageError
 from logly.parsers.line import safe_text
-from logly.parsers.rules import RuleError, RuleSet
-from logly.store.sqlite import SQLiteStore
 from logly.timespec import parse_time
 
 app = typer.Typer(
@@ -34,66 +28,6 @@ app = typer.Typer(
 )
 rules_app = typer.Typer(help="Inspect and test the parsing rules.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
-
-
-@dataclass
-class Context:
-    """Streams and configuration for one invocation; tests swap the streams."""
-
-    config: Config
-    out: Console
-    err: Console
-
-    def store(self, *, must_exist: bool = True) -> SQLiteStore:
-        store = SQLiteStore(self.config.db)
-        if must_exist:
-            store.require_schema()
-        return store
-
-    def rules(self) -> RuleSet:
-        try:
-            return RuleSet.load(self.config.rules_dirs)
-        except RuleError as exc:
-            raise LoglyError(f"rule file does not load: {exc}") from None
-
-    def print_json(self, data: Any) -> None:
-        # ensure_ascii: no raw control or C1 bytes from log content reach the terminal
-        self.out.file.write(json.dumps(data, ensure_ascii=True, indent=None) + "\n")
-
-
-DbOpt = Annotated[
-    Path | None,
-    typer.Option("--db", help="Database file (env LOGLY_DB).", show_default=False),
-]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", help="Config file (default /etc/logly/logly.toml).",
-                 show_default=False),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _ctx(db: Path | None, config: Path | None) -> Context:
-    cfg = load_config(config)
-    if db is not None:
-        cfg.db = db
-    out = Console(highlight=False)
-    if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = Console(highlight=False, width=160)  # piped: do not squeeze into 80 columns
-    return Context(cfg, out, Console(stderr=True, highlight=False))
-
-
-def _table(*headers: str, title: str | None = None) -> Table:
-    """Short fields never wrap; the last column (a message) folds."""
-    table = Table(title=title, title_justify="left")
-    for i, h in enumerate(headers):
-        last = i == len(headers) - 1
-        table.add_column(h, no_wrap=not last, overflow="fold" if last else "ellipsis")
-    return table
-
-
-def _cell(value: Any) -> Text:
-    return Text("" if value is None else safe_text(str(value)))
 
 
 # ---- init --------------------------------------------------------------------------------------
