@@ -210,6 +210,37 @@ def stats(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None) 
     ctx.out.print(s)
 
 
+# ---- daemon ------------------------------------------------------------------------------------
+@app.command()
+def daemon(
+    follow: Annotated[list[str] | None, typer.Option(
+        "--follow", help="PATH[:TYPE] to follow (repeatable; globs allowed); replaces the "
+        "config's [[source]] list. TYPE: auto, syslog, auth, fail2ban, ndjson.")] = None,
+    from_start: Annotated[bool, typer.Option(
+        "--from-start", help="Read files seen for the first time from their beginning "
+        "(default: from their end).")] = False,
+    no_tracer: Annotated[bool, typer.Option("--no-tracer", help="Do not start the kernel "
+                                            "tracer.")] = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Follow logs as they grow and store their events (the systemd service runs this).
+
+    Survives rotation (rename+create, copytruncate, compression) and SIGKILL without losing or
+    repeating a line. SIGTERM flushes and stops; SIGHUP reloads the config and the rules.
+
+    Example: logly daemon --follow /var/log/auth.log --follow '/var/log/fail2ban.log*:fail2ban'
+    """
+    from logly.config import SourceSpec
+    from logly.daemon import DaemonOptions, run_daemon
+
+    ctx = _ctx(db, config)  # validates the configuration before anything starts
+    opts = DaemonOptions(config_path=config, db=ctx.config.db,
+                         follow=[SourceSpec.parse(f) for f in follow or []],
+                         from_start=from_start, tracer=not no_tracer)
+    raise typer.Exit(run_daemon(opts))
+
+
 # ---- rules -------------------------------------------------------------------------------------
 @rules_app.command("test")
 def rules_test(

@@ -24,6 +24,35 @@ def default_db_path(env: dict[str, str] | os._Environ[str] = os.environ) -> Path
 
 
 @dataclass
+class SourceSpec:
+    """A file or glob to follow; `type` is a hint (the format is detected per line)."""
+
+    path: str
+    type: str = "auto"
+
+    @classmethod
+    def parse(cls, text: str) -> SourceSpec:
+        """`PATH[:TYPE]` as given to `--follow`."""
+        path, sep, kind = text.rpartition(":")
+        if sep and kind in SOURCE_TYPES and path:
+            return cls(path, kind)
+        return cls(text)
+
+
+SOURCE_TYPES = ("auto", "syslog", "auth", "fail2ban", "ndjson")
+DEFAULT_SOURCES = ("/var/log/auth.log", "/var/log/fail2ban.log")
+
+
+@dataclass
+class DaemonConfig:
+    batch_lines: int = 5000
+    batch_seconds: float = 0.1  # a line waits at most this long before it is stored
+    poll_seconds: float = 0.25  # timer for files where inotify says nothing
+    glob_seconds: float = 2.0  # how often globs are expanded again for new files
+    status_seconds: float = 5.0
+
+
+@dataclass
 class Config:
     db: Path
     rules_dirs: list[Path] = field(default_factory=list)
@@ -31,6 +60,9 @@ class Config:
     batch_lines: int = 20_000
     batch_seconds: float = 1.0
     source: Path | None = None  # the file this came from, if any
+    sources: list[SourceSpec] = field(
+        default_factory=lambda: [SourceSpec(p) for p in DEFAULT_SOURCES])
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def tzinfo(self):  # type: ignore[no-untyped-def]
         if not self.timezone:
@@ -94,6 +126,30 @@ def load_config(
             cfg.batch_seconds = float(
                 _expect(ingest, "batch_seconds", (int, float), cfg_path))  # type: ignore[arg-type]
 
+    sources = data.get("source")
+    if sources is not None:
+        if not isinstance(sources, list):
+            raise ConfigError(f"{cfg_path}: 'source' must be an array of tables ([[source]])")
+        cfg.sources = []
+        for i, src in enumerate(sources):
+            where = f"{cfg_path}: source[{i}]"
+            if not isinstance(src, dict) or not isinstance(src.get("path"), str):
+                raise ConfigError(f"{where}: needs path = \"/var/log/...\"")
+            kind = src.get("type", "auto")
+            if kind not in SOURCE_TYPES:
+                raise ConfigError(f"{where}: type {kind!r} is not one of {', '.join(SOURCE_TYPES)}")
+            cfg.sources.append(SourceSpec(src["path"], kind))
+    daemon = data.get("daemon", {})
+    if daemon:
+        if not isinstance(daemon, dict):
+            raise ConfigError(f"{cfg_path}: 'daemon' must be a table")
+        for key, value in daemon.items():
+            if not hasattr(cfg.daemon, key):
+                raise ConfigError(f"{cfg_path}: unknown key 'daemon.{key}'")
+            want = type(getattr(cfg.daemon, key))
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{cfg_path}: 'daemon.{key}' must be a positive number")
+            setattr(cfg.daemon, key, want(value))
     if env.get("LOGLY_DB"):
         cfg.db = Path(env["LOGLY_DB"])
     if env.get("LOGLY_TIMEZONE"):

@@ -202,19 +202,14 @@ def compile_pattern(pattern: str) -> Compiled:
         lazy_body = emit(nodes, lazy=True)
     prefix = []
     for node in nodes:
-        if node[0] == "lit":
-            prefix.append(node[1])
-        elif node[0] == "sp":
-            prefix.append(" ")
-        else:
+        if node[0] != "lit":  # a space matches a run of spaces: the exact prefix ends there
             break
+        prefix.append(node[1])
     try:
         regex = re.compile(body + r"\s*\Z", re.DOTALL)
     except re.error as exc:  # pragma: no cover - the grammar should prevent this
         raise PatternError(f"regex does not compile: {exc}") from None
     literal = "".join(prefix)
-    # a run of spaces in the pattern matches one or more, so the prefix is only exact before it
-    literal = literal.split("  ")[0]
     lazy = re.compile(lazy_body + r"\s*\Z", re.DOTALL) if lazy_body else None
     return Compiled(regex=regex, groups=groups, literal_prefix=literal, source=pattern, lazy=lazy,
                     ip_sep=_ip_separator(nodes) if lazy else "",

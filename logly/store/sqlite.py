@@ -212,6 +212,36 @@ class SQLiteStore:
             )
             return int(cur.lastrowid), 0
 
+    def set_metadata(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO metadata (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def get_metadata(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql("SELECT value FROM metadata WHERE key = ?", (key,)).first()
+        return row[0] if row else None
+
+    def path_family_updated(self, path: str) -> str | None:
+        """When any input at `path` or a rotated name of it (`path.1`, `path-…`) last moved, less
+        a little slack for clock granularity; None if Logly never read that path."""
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', max(updated), '-2 seconds') "
+                "FROM source_files WHERE path = ? OR substr(path, 1, ?) IN (?, ?)",
+                (path, len(path) + 1, path + ".", path + "-")).first()
+        if not row or row[0] is None:
+            return None
+        return row[0][:-1] + "000Z" if len(row[0]) == 24 else row[0]
+
+    def source_offset(self, identity: str) -> int | None:
+        """The committed offset of a known input, or None if never seen."""
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                'SELECT "offset" FROM source_files WHERE identity = ?', (identity,)).first()
+        return int(row[0]) if row else None
+
     def write_batch(
         self,
         file_id: int,

@@ -1,0 +1,251 @@
+"""`logly daemon`: follow the configured logs and store their events, as a systemd service.
+
+One loop: poll every follower (woken by inotify through watchdog, or a timer where inotify is
+not available), flush batches that are full or old enough, report status. Each flush commits a
+file's events with its offset, so SIGKILL at any moment loses nothing and repeats nothing.
+SIGTERM flushes and exits; SIGHUP re-reads the configuration and the rules between batches.
+A store that cannot be written (locked, disk full, read-only) keeps the daemon in place:
+reading pauses once the pending batch is full, the error is reported, and writes are retried
+with backoff until they succeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from logly.config import Config, SourceSpec, load_config
+from logly.parsers.rules import RuleSet
+from logly.sdnotify import Notifier
+from logly.sources.follow import Follower, expand
+from logly.store.sqlite import BatchHook, SQLiteStore, utcnow
+
+log = logging.getLogger("logly.daemon")
+
+
+@dataclass
+class DaemonOptions:
+    config_path: Path | None = None
+    db: Path | None = None
+    follow: list[SourceSpec] = field(default_factory=list)  # replaces config sources if given
+    from_start: bool = False
+    tracer: bool = True
+
+
+class Daemon:
+    def __init__(self, opts: DaemonOptions, hooks: list[BatchHook] | None = None) -> None:
+        self.opts = opts
+        self.hooks = hooks or []
+        self.notifier = Notifier()
+        self.wake = threading.Event()
+        self.stopping = False
+        self.reload_requested = False
+        self.followers: dict[str, Follower] = {}
+        self.config = self._load_config()
+        self.store = SQLiteStore(self.config.db)
+        self.store.init()
+        self.rules = RuleSet.load(self.config.rules_dirs)
+        self.error: str | None = None
+        self.started = time.time()
+        self.stored = 0
+        self._observer: Any = None
+
+    def _load_config(self) -> Config:
+        cfg = load_config(self.opts.config_path)
+        if self.opts.db is not None:
+            cfg.db = self.opts.db
+        if self.opts.follow:
+            cfg.sources = list(self.opts.follow)
+        return cfg
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_term(self, *_: Any) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    def _on_hup(self, *_: Any) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    def run(self) -> int:
+        self._sync_followers()
+        self._start_observer()
+        self.notifier.send(ready=1, status=self._status_line())
+        log.info("following %d files into %s", len(self.followers), self.config.db)
+        last_status = last_ping = last_glob = 0.0
+        backoff = backoff_until = 0.0
+        d = self.config.daemon
+        while not self.stopping:
+            if self.reload_requested:
+                self._reload()
+            now = time.monotonic()
+            if now - last_glob >= d.glob_seconds:
+                self._sync_followers()
+                last_glob = now
+            max_pending = d.batch_lines * 4
+            read = 0
+            if backoff == 0.0 or now >= backoff_until:
+                try:
+                    for f in self.followers.values():
+                        read += f.poll(max_pending)
+                    for f in self.followers.values():
+                        if f.due(d.batch_lines, d.batch_seconds):
+                            self.stored += f.flush()
+                    if self.error:
+                        log.info("store writable again; resumed")
+                    self.error, backoff = None, 0.0
+                except (OperationalError, OSError) as exc:
+                    backoff = min(30.0, max(0.5, backoff * 2))
+                    backoff_until = time.monotonic() + backoff
+                    self.error = _short(exc)
+                    log.error("cannot store events (retry in %.1fs): %s", backoff, self.error)
+                    self.notifier.send(status=f"Store error, retrying: {self.error}")
+            if now - last_status >= d.status_seconds:
+                self._report_status()
+                last_status = now
+            if self.notifier.watchdog_interval and now - last_ping >= \
+                    self.notifier.watchdog_interval:
+                self.notifier.send(watchdog=1)
+                last_ping = now
+            if not read or self.error:  # idle, or waiting out a store error
+                self.wake.wait(d.poll_seconds)
+                self.wake.clear()
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        self.notifier.send(stopping=1, status="Flushing and stopping")
+        code = 0
+        try:
+            for f in self.followers.values():
+                f.flush()
+        except (OperationalError, OSError) as exc:
+            log.error("could not store the last batch (it will be re-read): %s", _short(exc))
+            code = 1
+        self._report_status()
+        for f in self.followers.values():
+            f.close()
+        if self._observer is not None:
+            self._observer.stop()
+        log.info("stopped")
+        return code
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        try:
+            cfg = self._load_config()
+            rules = RuleSet.load(cfg.rules_dirs)
+        except Exception as exc:  # a bad reload keeps the running configuration
+            log.error("reload failed, keeping the current configuration: %s", exc)
+            self.notifier.send(status=f"Reload failed: {_short(exc)}")
+            return
+        self.notifier.send(reloading=1, monotonic_usec=int(time.monotonic() * 1e6))
+        for f in self.followers.values():
+            f.flush()
+        self.config, self.rules = cfg, rules
+        for f in self.followers.values():
+            f.rules = rules
+            for of in f._files():
+                if of.parser is not None:
+                    of.parser.rules = rules
+        self._sync_followers()
+        self.notifier.send(ready=1, status=self._status_line())
+        log.info("configuration and rules reloaded")
+
+    def _sync_followers(self) -> None:
+        wanted: dict[str, SourceSpec] = {}
+        for spec in self.config.sources:
+            for path in expand(spec.path):
+                wanted[path] = spec
+        for path in list(self.followers):
+            if path not in wanted:
+                f = self.followers.pop(path)
+                f.flush()
+                f.close()
+        for path, spec in wanted.items():
+            if path not in self.followers:
+                # a file that appears under a glob after start is new: read all of it
+                is_new = bool(self.followers) and spec.path != path
+                self.followers[path] = Follower(
+                    self.store, self.rules, path,
+                    from_start=self.opts.from_start or is_new,
+                    tz=self.config.tzinfo(), hooks=self.hooks)
+
+    def _start_observer(self) -> None:
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:  # pragma: no cover - a dependency; polling still works
+            return
+        wake = self.wake
+
+        class _Wake(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                wake.set()
+
+        dirs = {str(Path(s.path).parent) for s in self.config.sources}
+        try:
+            obs = Observer()
+            for d in dirs:
+                if Path(d).is_dir():
+                    obs.schedule(_Wake(), d, recursive=False)
+            obs.daemon = True
+            obs.start()
+            self._observer = obs
+        except OSError as exc:  # inotify limits: the poll timer carries on alone
+            log.warning("inotify unavailable (%s); polling every %.2fs", exc,
+                        self.config.daemon.poll_seconds)
+
+    # ---- status -------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        up = max(1e-9, time.time() - self.started)
+        return {
+            "pid": __import__("os").getpid(),
+            "started": self.started,
+            "updated": utcnow(),
+            "stored_events": self.stored,
+            "events_per_min": round(self.stored / up * 60, 1),
+            "error": self.error,
+            "files": [
+                {"path": p, "lag_bytes": f.lag_bytes(), "pending": f.pending_lines(),
+                 "events": f.events}
+                for p, f in sorted(self.followers.items())
+            ],
+        }
+
+    def _status_line(self) -> str:
+        s = self.status()
+        lag = sum(f["lag_bytes"] for f in s["files"])
+        line = (f"Following {len(s['files'])} files, {s['events_per_min']:,.0f} events/min, "
+                f"lag {lag:,} bytes")
+        return f"{line}; store error: {self.error}" if self.error else line
+
+    def _report_status(self) -> None:
+        self.notifier.send(status=self._status_line())
+        with contextlib.suppress(OperationalError, OSError):
+            self.store.set_metadata("daemon_status", json.dumps(self.status()))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def run_daemon(opts: DaemonOptions, hooks: list[BatchHook] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    daemon = Daemon(opts, hooks)
+    daemon.install_signals()
+    return daemon.run()
