@@ -260,7 +260,7 @@ def test_sigkill_at_random_points_with_rotations_stores_every_line_once(
             time.sleep(rng.uniform(0.0, 0.3))
             proc = start(tmp_path, db, str(log), extra=("--from-start",))
             daemons.append(proc)
-            assert wait_for(lambda: running() == cycle + 2, timeout=20)
+            assert wait_for(lambda n=cycle + 2: running() == n, timeout=20)
             if cycle % 4 == 2:  # and rotations while it runs
                 time.sleep(rng.uniform(0.1, 0.4))
                 rotate("copytruncate" if cycle % 8 == 2 else "rename")
