@@ -208,6 +208,16 @@ def stats(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None) 
         s.add_row(_cell(src["path"]), src["kind"], f"{src['offset']:,}", f"{src['lines']:,}",
                   f"{src['events']:,}", f"{src['unparsed']:,}", src["updated"][:19])
     ctx.out.print(s)
+    d = data.get("daemon")
+    if d:
+        state = f"error: {d['error']}" if d.get("error") else "ok"
+        ctx.out.print(Text(f"Daemon pid {d['pid']} ({state}), status at {d['updated'][:19]}Z: "
+                           f"{d['events_per_min']:,} events/min"))
+        t = _table("followed file", "lag (bytes)", "pending", "events", title="Following")
+        for f in d["files"]:
+            t.add_row(_cell(f["path"]), f"{f['lag_bytes']:,}", f"{f['pending']:,}",
+                      f"{f['events']:,}")
+        ctx.out.print(t)
 
 
 # ---- daemon ------------------------------------------------------------------------------------

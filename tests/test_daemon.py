@@ -154,6 +154,10 @@ def test_sigterm_flushes_and_exits_and_notify_protocol(
     assert p.wait(timeout=10) == 0
     assert recv_until("STOPPING=1")
     assert len(users(db)) == 100
+    from logly.store.sqlite import SQLiteStore
+
+    status = SQLiteStore(db).get_stats()["daemon"]  # what `logly stats` shows
+    assert status["files"][0]["path"] == str(log) and status["files"][0]["lag_bytes"] == 0
 
 
 def test_sighup_reloads_rules(tmp_path: Path, daemons: list[subprocess.Popen]) -> None:

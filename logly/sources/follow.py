@@ -92,6 +92,7 @@ class Follower:
         self.encode = MetadataEncoder()
         self.started = False
         self.seen_before = False
+        self.behind = False  # the last poll left data unread: batch rather than flush now
         self.events = 0
         self.errors = 0
 
@@ -203,6 +204,7 @@ class Follower:
         if not self.started:
             self.start()
         n = 0
+        self.behind = False
         for f in list(self.draining):
             n += self._read(f, max_pending, final=self._drain_done(f))
             if self._drain_done(f) and not f.pending.lines and self._at_end(f):
@@ -297,6 +299,8 @@ class Follower:
         data = f.stream.read(READ_BYTES)
         if not data:
             return 0
+        if len(data) == READ_BYTES:
+            self.behind = True
         f.last_growth = time.monotonic()
         end = data.rfind(b"\n")
         synthetic = False
@@ -317,6 +321,7 @@ class Follower:
         lines.pop()
         if len(lines) > room:
             lines = lines[:room]
+            self.behind = True
         for raw in lines:
             nxt = pos + len(raw) + 1
             text = raw[:MAX_LINE_BYTES].decode("utf-8", "replace")
@@ -339,6 +344,9 @@ class Follower:
 
     # ---- storing ------------------------------------------------------------------------------
     def due(self, batch_lines: int, batch_seconds: float) -> bool:
+        """Flush when caught up (lowest latency), else when the batch is full or old."""
+        if not self.behind and self.pending_lines():
+            return True
         now = time.monotonic()
         return any(f.pending.lines and (f.pending.lines >= batch_lines
                                         or now - f.pending.since >= batch_seconds)

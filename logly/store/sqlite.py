@@ -367,6 +367,7 @@ class SQLiteStore:
             p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists()
         )
         sources = self.sources()
+        daemon = json.loads(meta["daemon_status"]) if meta.get("daemon_status") else None
         return {
             "database": str(self.path),
             "schema_version": int(meta.get("schema_version", 0)),
@@ -376,6 +377,7 @@ class SQLiteStore:
             "rows": rows,
             "unparsed": sum(s["unparsed"] for s in sources),
             "sources": sources,
+            "daemon": daemon,
         }
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
