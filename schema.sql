@@ -23,7 +23,9 @@ CREATE TABLE IF NOT EXISTS source_files (
     events      INTEGER NOT NULL DEFAULT 0,
     unparsed    INTEGER NOT NULL DEFAULT 0,
     first_seen  TEXT NOT NULL,
-    updated     TEXT NOT NULL
+    updated     TEXT NOT NULL,
+    -- journal sources: the cursor of the last stored entry ("offset" is its seqnum)
+    cursor      TEXT
 );
 
 CREATE TABLE IF NOT EXISTS log_events (

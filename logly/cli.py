@@ -45,7 +45,20 @@ def init(db: DbOpt = None, config: ConfigOpt = None) -> None:
 # ---- ingest ------------------------------------------------------------------------------------
 @app.command()
 def ingest(
-    paths: Annotated[list[str], typer.Argument(help="Log files (.gz too), or - for stdin.")],
+    paths: Annotated[list[str] | None, typer.Argument(
+        help="Log files (.gz too), or - for stdin.", show_default=False)] = None,
+    journal: Annotated[bool, typer.Option(
+        "--journal", help="Read the system journal (auth-relevant entries).")] = False,
+    journal_file: Annotated[list[str] | None, typer.Option(
+        "--journal-file", help="Read a journal file (repeatable).")] = None,
+    journal_dir: Annotated[str | None, typer.Option(
+        "--journal-dir", help="Read the journal files in this directory.")] = None,
+    match: Annotated[list[str] | None, typer.Option(
+        "--match", help="Journal FIELD=VALUE filter (repeatable, OR); default: sshd, sudo, "
+        "su, PAM, account tools, auth facilities, kernel.")] = None,
+    since: Annotated[str | None, typer.Option(help="Journal: entries since (journalctl "
+                                              "time, e.g. 2026-11-20).")] = None,
+    until: Annotated[str | None, typer.Option(help="Journal: entries until.")] = None,
     year: Annotated[int | None, typer.Option(help="Year for year-less syslog times "
                                              "(default: from the file's mtime).")] = None,
     tz: Annotated[str | None, typer.Option("--tz", help="Zone of times without one "
@@ -62,11 +75,17 @@ def ingest(
 
     Example: logly ingest /var/log/auth.log /var/log/auth.log.2.gz /var/log/fail2ban.log
     Example: journalctl -o short-iso -u ssh | logly ingest -
+    Example: logly ingest --journal --since 2026-11-20 --until 2026-11-21
     """
     from logly.ingest import ingest_input
     from logly.sources.files import open_input
 
     ctx = _ctx(db, config)
+    use_journal = journal or bool(journal_file) or journal_dir is not None
+    if not paths and not use_journal:
+        raise UsageError("nothing to read", hint="give PATH..., -, --journal or "
+                         "--journal-file FILE")
+    paths = paths or []
     if tz:
         ctx.config.timezone = tz
     tzinfo = ctx.config.tzinfo()
@@ -90,6 +109,9 @@ def ingest(
         finally:
             inp.close()
         summaries.append(s)
+    if use_journal:
+        summaries.append(_ingest_journal(ctx, store, rules, journal_file or [], journal_dir,
+                                         match, since, until))
     if as_json:
         ctx.print_json([s.to_dict() for s in summaries])
     else:
@@ -108,6 +130,27 @@ def ingest(
                                    f"UTF-8, {s.truncated} over-long lines cut"))
     if failed:
         raise typer.Exit(ExitCode.ERROR)
+
+
+def _ingest_journal(ctx: Context, store: Any, rules: Any, files: list[str],
+                    directory: str | None, match: list[str] | None, since: str | None,
+                    until: str | None) -> Any:
+    from logly.sources.journal import (
+        DEFAULT_MATCHES,
+        JournalQuery,
+        JournalUnavailable,
+        ingest_journal,
+    )
+
+    query = JournalQuery(matches=list(match or DEFAULT_MATCHES), files=list(files),
+                         directory=directory, since=since, until=until)
+    try:
+        return ingest_journal(store, rules, query, batch_lines=ctx.config.batch_lines)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except JournalUnavailable as exc:
+        raise LoglyError(f"cannot read the journal: {exc}",
+                         hint="run as root or in group systemd-journal/adm") from None
 
 
 class _progress:

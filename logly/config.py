@@ -29,17 +29,27 @@ class SourceSpec:
 
     path: str
     type: str = "auto"
+    match: list[str] | None = None  # journal: FIELD=VALUE filters (OR), default auth-relevant
+    directory: str | None = None  # journal: read this directory instead of the system journal
 
     @classmethod
     def parse(cls, text: str) -> SourceSpec:
-        """`PATH[:TYPE]` as given to `--follow`."""
+        """`PATH[:TYPE]` as given to `--follow`; `journal` follows the system journal."""
+        if text == "journal":
+            return cls("journal", "journal")
         path, sep, kind = text.rpartition(":")
         if sep and kind in SOURCE_TYPES and path:
             return cls(path, kind)
         return cls(text)
 
+    def journal_query(self):  # type: ignore[no-untyped-def]
+        from logly.sources.journal import DEFAULT_MATCHES, JournalQuery
 
-SOURCE_TYPES = ("auto", "syslog", "auth", "fail2ban", "ndjson")
+        return JournalQuery(matches=list(self.match or DEFAULT_MATCHES),
+                            directory=self.directory)
+
+
+SOURCE_TYPES = ("auto", "syslog", "auth", "fail2ban", "ndjson", "journal")
 DEFAULT_SOURCES = ("/var/log/auth.log", "/var/log/fail2ban.log")
 
 
@@ -133,12 +143,22 @@ def load_config(
         cfg.sources = []
         for i, src in enumerate(sources):
             where = f"{cfg_path}: source[{i}]"
-            if not isinstance(src, dict) or not isinstance(src.get("path"), str):
-                raise ConfigError(f"{where}: needs path = \"/var/log/...\"")
+            if not isinstance(src, dict):
+                raise ConfigError(f"{where}: must be a table")
             kind = src.get("type", "auto")
             if kind not in SOURCE_TYPES:
                 raise ConfigError(f"{where}: type {kind!r} is not one of {', '.join(SOURCE_TYPES)}")
-            cfg.sources.append(SourceSpec(src["path"], kind))
+            match = src.get("match")
+            if match is not None and (not isinstance(match, list) or not all(
+                    isinstance(m, str) and "=" in m for m in match)):
+                raise ConfigError(f"{where}: match must be a list of \"FIELD=VALUE\" strings")
+            if kind == "journal":
+                cfg.sources.append(SourceSpec("journal", "journal", match,
+                                              src.get("directory")))
+            elif not isinstance(src.get("path"), str):
+                raise ConfigError(f"{where}: needs path = \"/var/log/...\"")
+            else:
+                cfg.sources.append(SourceSpec(src["path"], kind))
     daemon = data.get("daemon", {})
     if daemon:
         if not isinstance(daemon, dict):

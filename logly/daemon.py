@@ -27,6 +27,7 @@ from logly.config import Config, SourceSpec, load_config
 from logly.parsers.rules import RuleSet
 from logly.sdnotify import Notifier
 from logly.sources.follow import Follower, expand
+from logly.sources.journal import JournalFollower
 from logly.store.sqlite import BatchHook, SQLiteStore, utcnow
 
 log = logging.getLogger("logly.daemon")
@@ -49,7 +50,7 @@ class Daemon:
         self.wake = threading.Event()
         self.stopping = False
         self.reload_requested = False
-        self.followers: dict[str, Follower] = {}
+        self.followers: dict[str, Follower | JournalFollower] = {}
         self.config = self._load_config()
         self.store = SQLiteStore(self.config.db)
         self.store.init()
@@ -157,10 +158,7 @@ class Daemon:
             f.flush()
         self.config, self.rules = cfg, rules
         for f in self.followers.values():
-            f.rules = rules
-            for of in f._files():
-                if of.parser is not None:
-                    of.parser.rules = rules
+            f.set_rules(rules)
         self._sync_followers()
         self.notifier.send(ready=1, status=self._status_line())
         log.info("configuration and rules reloaded")
@@ -168,6 +166,9 @@ class Daemon:
     def _sync_followers(self) -> None:
         wanted: dict[str, SourceSpec] = {}
         for spec in self.config.sources:
+            if spec.type == "journal":
+                wanted[spec.journal_query().location] = spec
+                continue
             for path in expand(spec.path):
                 wanted[path] = spec
         for path in list(self.followers):
@@ -176,7 +177,11 @@ class Daemon:
                 f.flush()
                 f.close()
         for path, spec in wanted.items():
-            if path not in self.followers:
+            if path not in self.followers and spec.type == "journal":
+                self.followers[path] = JournalFollower(
+                    self.store, self.rules, spec.journal_query(),
+                    from_start=self.opts.from_start, hooks=self.hooks)
+            elif path not in self.followers:
                 # a file that appears under a glob after start is new: read all of it
                 is_new = bool(self.followers) and spec.path != path
                 self.followers[path] = Follower(
@@ -196,7 +201,7 @@ class Daemon:
             def on_any_event(self, event: Any) -> None:
                 wake.set()
 
-        dirs = {str(Path(s.path).parent) for s in self.config.sources}
+        dirs = {str(Path(s.path).parent) for s in self.config.sources if s.type != "journal"}
         try:
             obs = Observer()
             for d in dirs:

@@ -52,12 +52,18 @@ def start(tmp: Path, db: Path, *follow: str, extra: tuple[str, ...] = (),
 
 
 def wait_for(pred, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
+    def check() -> bool:
+        try:
+            return bool(pred())
+        except sqlite3.OperationalError:  # the daemon has not created its tables yet
+            return False
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pred():
+        if check():
             return True
         time.sleep(0.05)
-    return pred()
+    return check()
 
 
 @pytest.fixture

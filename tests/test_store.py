@@ -91,6 +91,23 @@ def test_forward_migration_runs_in_order(db_path: Path, monkeypatch: pytest.Monk
     assert s.version() == SCHEMA_VERSION + 1
 
 
+def test_version_1_database_is_migrated_in_place(db_path: Path) -> None:
+    s = SQLiteStore(db_path)
+    s.init()
+    fid, _ = s.open_source("old", "/var/log/auth.log")
+    s.write_batch(fid, [(*ROW, fid, 0)], [], 100, 1)
+    conn = sqlite3.connect(db_path)  # make it what version 1 wrote
+    conn.execute("ALTER TABLE source_files DROP COLUMN cursor")
+    conn.execute("UPDATE metadata SET value='1' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    s = SQLiteStore(db_path)
+    assert s.version() == 1
+    assert s.init() == SCHEMA_VERSION
+    assert "cursor" in _columns(sqlite3.connect(db_path), "source_files")
+    assert len(s.get_log_events()) == 1 and s.source_offset("old") == 100
+
+
 def test_newer_schema_is_refused(db_path: Path) -> None:
     s = SQLiteStore(db_path)
     s.init()

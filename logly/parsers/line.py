@@ -60,14 +60,21 @@ class LineParser:
             meta["time_from"] = "ingest"
         if cut:
             meta["truncated_from"] = cut
-        program = head.program
         message = head.message
         if message[:1] == " ":
             message = message.lstrip(" ")
+        return self.parse_fields(ts, head.host, head.program, head.pid, message, meta, path,
+                                 offset)
+
+    def parse_fields(
+        self, ts: str, host: str | None, program: str | None, pid: int | None, message: str,
+        meta: dict, path: str | None, offset: int | None, level: str = "info",
+    ) -> Outcome:
+        """A message whose header is already split (a syslog header, or journal fields)."""
         if program == "kernel":
             message = strip_kernel_uptime(message)
         source = "fail2ban" if program and program.startswith("fail2ban") else "syslog"
-        ev = LogEvent(ts, source, message, "info", "info", head.host, program, head.pid,
+        ev = LogEvent(ts, source, message, "info", level, host, program, pid,
                       None, None, None, None, meta, path, offset)
         text = message
         if text.startswith("message repeated "):

@@ -373,6 +373,12 @@ class Follower:
     def pending_lines(self) -> int:
         return sum(f.pending.lines for f in self._files())
 
+    def set_rules(self, rules: RuleSet) -> None:
+        self.rules = rules
+        for f in self._files():
+            if f.parser is not None:
+                f.parser.rules = rules
+
     def _files(self) -> list[OpenFile]:
         return [*self.draining, *([self.current] if self.current else [])]
 

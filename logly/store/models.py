@@ -35,6 +35,7 @@ class SourceFile(SQLModel, table=True):
     unparsed: int = 0
     first_seen: str
     updated: str
+    cursor: str | None = None
 
 
 class LogEventRow(SQLModel, table=True):

@@ -22,9 +22,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from logly.errors import LoglyError
 
-SCHEMA_VERSION = 1
-# Forward migrations: version -> SQL that brings version-1 to version. Version 1 is schema.sql.
-MIGRATIONS: dict[int, str] = {}
+SCHEMA_VERSION = 2
+# Forward migrations: version -> SQL that brings version-1 to version. A new database gets
+# schema.sql, which is always the latest shape.
+MIGRATIONS: dict[int, str] = {
+    2: "ALTER TABLE source_files ADD COLUMN cursor TEXT;",  # journal sources
+}
 
 EVENT_INSERT_COLUMNS = (
     "timestamp", "source", "host", "program", "pid", "level", "service", "action", "message",
@@ -235,6 +238,12 @@ class SQLiteStore:
             return None
         return row[0][:-1] + "000Z" if len(row[0]) == 24 else row[0]
 
+    def source_cursor(self, identity: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT cursor FROM source_files WHERE identity = ?", (identity,)).first()
+        return row[0] if row else None
+
     def source_offset(self, identity: str) -> int | None:
         """The committed offset of a known input, or None if never seen."""
         with self.engine.connect() as conn:
@@ -251,6 +260,7 @@ class SQLiteStore:
         lines: int,
         size: int | None = None,
         hooks: Sequence[BatchHook] = (),
+        cursor: str | None = None,
     ) -> int:
         """Store events and unparsed samples and move the checkpoint, in one transaction.
 
@@ -282,9 +292,9 @@ class SQLiteStore:
                     )
             conn.exec_driver_sql(
                 'UPDATE source_files SET "offset" = ?, size = coalesce(?, size), '
-                "lines = lines + ?, events = events + ?, unparsed = unparsed + ?, updated = ? "
-                "WHERE id = ?",
-                (offset, size, lines, inserted, len(unparsed), now, file_id),
+                "lines = lines + ?, events = events + ?, unparsed = unparsed + ?, updated = ?, "
+                "cursor = coalesce(?, cursor) WHERE id = ?",
+                (offset, size, lines, inserted, len(unparsed), now, cursor, file_id),
             )
         return inserted
 
