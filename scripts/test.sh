@@ -19,7 +19,7 @@ apt_install() {
 }
 
 if command -v apt-get >/dev/null 2>&1; then
-    apt_install python3 python3-venv python3-pip sqlite3 systemd
+    apt_install python3 python3-venv python3-pip sqlite3 systemd systemd-journal-remote
 fi
 
 PY=${PYTHON:-python3}

@@ -149,6 +149,10 @@ class LineParser:
             obj = json.loads(line)
         except ValueError:
             return Outcome(None, reason="invalid JSON")
+        if isinstance(obj, dict) and "MESSAGE" in obj and "__REALTIME_TIMESTAMP" in obj:
+            from logly.parsers.journal_entry import entry_outcome
+
+            return entry_outcome(self, obj, path, offset)  # journalctl -o json
         if not isinstance(obj, dict) or not isinstance(obj.get("message"), str):
             return Outcome(None, reason="JSON without a 'message' string")
         ts = _iso_utc(obj.get("timestamp"))
