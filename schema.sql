@@ -164,6 +164,7 @@ CREATE TABLE IF NOT EXISTS process_traces (
     exit_code   INTEGER
 );
 CREATE INDEX IF NOT EXISTS ix_process_traces_trace ON process_traces (trace_id);
+CREATE INDEX IF NOT EXISTS ix_process_traces_event ON process_traces (event_id);
 
 CREATE TABLE IF NOT EXISTS network_traces (
     id              INTEGER PRIMARY KEY,
@@ -181,6 +182,7 @@ CREATE TABLE IF NOT EXISTS network_traces (
     bytes_recv      INTEGER
 );
 CREATE INDEX IF NOT EXISTS ix_network_traces_trace ON network_traces (trace_id);
+CREATE INDEX IF NOT EXISTS ix_network_traces_event ON network_traces (event_id);
 
 CREATE TABLE IF NOT EXISTS error_traces (
     id          INTEGER PRIMARY KEY,
@@ -197,6 +199,7 @@ CREATE TABLE IF NOT EXISTS error_traces (
     suggestions TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_error_traces_timestamp ON error_traces (timestamp);
+CREATE INDEX IF NOT EXISTS ix_error_traces_event ON error_traces (event_id);
 
 CREATE TABLE IF NOT EXISTS ip_reputation (
     address     TEXT PRIMARY KEY,

@@ -274,6 +274,9 @@ def daemon(
         "(default: from their end).")] = False,
     no_tracer: Annotated[bool, typer.Option("--no-tracer", help="Do not start the kernel "
                                             "tracer.")] = False,
+    no_scheduler: Annotated[bool, typer.Option(
+        "--no-scheduler", help="Do not run aggregates, metrics and retention in the "
+        "background (e.g. when cron runs `logly cleanup`).")] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -290,7 +293,8 @@ def daemon(
     ctx = _ctx(db, config)  # validates the configuration before anything starts
     opts = DaemonOptions(config_path=config, db=ctx.config.db,
                          follow=[SourceSpec.parse(f) for f in follow or []],
-                         from_start=from_start, tracer=not no_tracer)
+                         from_start=from_start, tracer=not no_tracer,
+                         scheduler=not no_scheduler)
     raise typer.Exit(run_daemon(opts))
 
 
@@ -362,6 +366,17 @@ def rules_list(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = N
     for r in rows:
         table.add_row(r["rule"], r["action"], ", ".join(r["programs"]), str(len(r["patterns"])))
     ctx.out.print(table)
+
+
+# Later stages keep their commands in their own modules; each adds itself to `app`.
+def _register_stages() -> None:
+    from logly import cli_report
+
+    for module in (cli_report,):
+        module.register(app)
+
+
+_register_stages()
 
 
 @app.callback()

@@ -73,6 +73,9 @@ class Config:
     sources: list[SourceSpec] = field(
         default_factory=lambda: [SourceSpec(p) for p in DEFAULT_SOURCES])
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    # the tables later stages own ([tracer], [reputation], [scheduler], ...), as written; each
+    # stage validates its own table, so this module does not grow with every feature
+    sections: dict[str, dict] = field(default_factory=dict)
 
     def tzinfo(self):  # type: ignore[no-untyped-def]
         if not self.timezone:
@@ -111,11 +114,17 @@ def load_config(
 
     cfg = Config(db=default_db_path(env), source=cfg_path if data else None)
     known = {"database", "timezone", "rules", "ingest", "daemon", "source", "tracer",
-             "reputation", "retention", "report", "scheduler", "smtp"}
+             "reputation", "correlation", "retention", "report", "scheduler", "smtp"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{cfg_path}: unknown key '{key}'",
                               hint=f"known keys: {', '.join(sorted(known))}")
+    for key in ("tracer", "reputation", "correlation", "retention", "report", "scheduler",
+                "smtp"):
+        if key in data:
+            if not isinstance(data[key], dict):
+                raise ConfigError(f"{cfg_path}: '{key}' must be a table")
+            cfg.sections[key] = data[key]
     if "database" in data:
         cfg.db = Path(str(_expect(data, "database", str, cfg_path)))
     if "timezone" in data:
@@ -178,4 +187,7 @@ def load_config(
         extra_dirs = [Path(p) for p in env["LOGLY_RULES_DIRS"].split(":") if p]
     cfg.rules_dirs = [shipped_rules_dir(), *extra_dirs]
     cfg.tzinfo()  # validate now, not at the first line
+    from logly.scheduler import settings  # late: the scheduler imports this module
+
+    settings(cfg)  # a bad [scheduler]/[retention]/[report]/[smtp] fails at load, not at 3 am
     return cfg

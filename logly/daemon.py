@@ -40,6 +40,7 @@ class DaemonOptions:
     follow: list[SourceSpec] = field(default_factory=list)  # replaces config sources if given
     from_start: bool = False
     tracer: bool = True
+    scheduler: bool = True  # aggregates, metrics and retention in the background
 
 
 class Daemon:
@@ -59,6 +60,7 @@ class Daemon:
         self.started = time.time()
         self.stored = 0
         self._observer: Any = None
+        self.scheduler: Any = None
 
     def _load_config(self) -> Config:
         cfg = load_config(self.opts.config_path)
@@ -82,9 +84,23 @@ class Daemon:
         self.reload_requested = True
         self.wake.set()
 
+    def _start_scheduler(self) -> None:
+        if not self.opts.scheduler:
+            return
+        from logly.scheduler import start_scheduler, utc_now
+
+        # its own connections: jobs take short write transactions between our batches
+        self.scheduler = start_scheduler(SQLiteStore(self.config.db), self.config, utc_now)
+
+    def _stop_scheduler(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+            self.scheduler = None
+
     def run(self) -> int:
         self._sync_followers()
         self._start_observer()
+        self._start_scheduler()
         self.notifier.send(ready=1, status=self._status_line())
         log.info("following %d files into %s", len(self.followers), self.config.db)
         last_status = last_ping = last_glob = 0.0
@@ -136,6 +152,7 @@ class Daemon:
         except (OperationalError, OSError) as exc:
             log.error("could not store the last batch (it will be re-read): %s", _short(exc))
             code = 1
+        self._stop_scheduler()
         self._report_status()
         for f in self.followers.values():
             f.close()
@@ -160,6 +177,8 @@ class Daemon:
         for f in self.followers.values():
             f.set_rules(rules)
         self._sync_followers()
+        self._stop_scheduler()  # new [scheduler]/[retention] settings take effect now
+        self._start_scheduler()
         self.notifier.send(ready=1, status=self._status_line())
         log.info("configuration and rules reloaded")
 

@@ -20,7 +20,8 @@ AUTH = (
     "not a log line\n"
 )
 
-COMMANDS = [["init"], ["ingest"], ["events"], ["stats"], ["rules", "test"], ["rules", "list"]]
+COMMANDS = [["init"], ["ingest"], ["events"], ["stats"], ["rules", "test"], ["rules", "list"],
+            ["report", "daily"], ["cleanup"]]
 
 
 @pytest.fixture

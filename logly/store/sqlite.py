@@ -22,12 +22,16 @@ from sqlalchemy.engine import Connection, Engine
 
 from logly.errors import LoglyError
 
-SCHEMA_VERSION = 2
 # Forward migrations: version -> SQL that brings version-1 to version. A new database gets
-# schema.sql, which is always the latest shape.
+# schema.sql, which is always the latest shape; a test proves both paths end in the same schema.
 MIGRATIONS: dict[int, str] = {
     2: "ALTER TABLE source_files ADD COLUMN cursor TEXT;",  # journal sources
+    # retention deletes events in batches; these keep the ON DELETE actions from scanning
+    3: "CREATE INDEX IF NOT EXISTS ix_error_traces_event ON error_traces (event_id);\n"
+       "CREATE INDEX IF NOT EXISTS ix_process_traces_event ON process_traces (event_id);\n"
+       "CREATE INDEX IF NOT EXISTS ix_network_traces_event ON network_traces (event_id);",
 }
+SCHEMA_VERSION = max(MIGRATIONS)
 
 EVENT_INSERT_COLUMNS = (
     "timestamp", "source", "host", "program", "pid", "level", "service", "action", "message",
@@ -94,6 +98,8 @@ class SQLiteStore:
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout = {int(timeout)}")
             cur.execute("PRAGMA foreign_keys = ON")
+            # only takes effect on a new file; retention hands freed pages back incrementally
+            cur.execute("PRAGMA auto_vacuum = INCREMENTAL")
             with contextlib.suppress(Exception):  # read-only medium: readers still work
                 cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = NORMAL")
@@ -412,4 +418,5 @@ class _WriteTxn:
             else:
                 self.txn.rollback()
         finally:
+            self.conn.info["write"] = False  # the pooled connection may next serve a reader
             self.conn.close()
