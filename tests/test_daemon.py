@@ -284,3 +284,27 @@ def test_sigkill_at_random_points_with_rotations_stores_every_line_once(
     got = users(db)
     assert len(got) == written, "duplicates" if len(got) > written else "lost lines"
     assert sorted(got) == sorted(f"u{i}" for i in range(written))
+
+
+def test_daemon_runs_the_scheduler_beside_ingestion(
+        tmp_path: Path, daemons: list[subprocess.Popen]) -> None:
+    """The daemon aggregates the hours it backfilled and samples metrics while it follows."""
+    (tmp_path / "logly.toml").write_text(
+        "[daemon]\nbatch_seconds = 0.05\npoll_seconds = 0.05\nglob_seconds = 0.2\n"
+        "status_seconds = 0.5\n[scheduler]\nmetrics_seconds = 1\n")
+    log, db = tmp_path / "auth.log", tmp_path / "l.db"
+    # old lines: complete hours by the time the daemon starts, so the start-up catch-up has work
+    log.write_text("".join(line(i) for i in range(120)))
+    daemons.append(start(tmp_path, db, f"{log}:auth", extra=("--from-start",)))
+
+    def count(sql: str) -> int:
+        return sqlite3.connect(db, timeout=10).execute(sql).fetchone()[0]
+
+    assert wait_for(lambda: len(users(db)) == 120)
+    assert wait_for(lambda: count("SELECT count(*) FROM system_metrics") >= 2, timeout=20), \
+        (tmp_path / "daemon.err").read_text()
+    assert wait_for(lambda: count(
+        "SELECT coalesce(sum(event_count), 0) FROM hourly_aggregates WHERE source = '*' "
+        "AND action = '*'") == 120, timeout=20), (tmp_path / "daemon.err").read_text()
+    daemons[-1].send_signal(signal.SIGTERM)
+    assert daemons[-1].wait(15) == 0
