@@ -55,3 +55,21 @@ def test_free_text_after_the_address_gets_a_second_reading() -> None:
 def test_errors_are_explained(pattern: str, needle: str) -> None:
     with pytest.raises(PatternError, match=needle):
         compile_pattern(pattern)
+
+
+def test_text_fields_are_empty_or_start_with_a_non_space() -> None:
+    p = "ruser=<ruser:text> rhost=<ip>[ user=<user:any>]"
+    # "ruser= rhost=A user=x rhost=B": pam wrote an empty ruser, so A is the host
+    assert groups(p, "ruser= rhost=192.0.2.2 user=test rhost=192.0.2.152") == {
+        "ruser": "", "ip": "192.0.2.2", "user": "test rhost=192.0.2.152"}
+    assert groups(p, "ruser=test rhost=192.0.2.151 rhost=192.0.2.1") == {
+        "ruser": "test rhost=192.0.2.151", "ip": "192.0.2.1"}
+    c = compile_pattern(p)
+    assert c.lazy is not None and c.ip_sep == "rhost="
+
+
+def test_bounded_free_text() -> None:
+    assert groups("a <r:short> b", "a " + "x" * 128 + " b") == {"r": "x" * 128}
+    assert groups("a <r:short> b", "a " + "x" * 129 + " b") is None
+    assert groups("a <r:long> b", "a " + "x" * 1024 + " b") == {"r": "x" * 1024}
+    assert groups("a <r:long> b", "a " + "x" * 1025 + " b") is None

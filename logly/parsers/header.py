@@ -34,9 +34,11 @@ _FAST_ISO = re.compile(
 _F2B = re.compile(
     r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d),(\d+) (fail2ban\.\w+)\s*(?:\[(\d+)\])?: ?(.*)", re.S
 )
+# RFC 5424 structured data; a quoted value may hold an unescaped "]" (seen in the wild)
+_SD = r'(-|(?:\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*")*\])+)'
 _5424 = re.compile(
     r"(?:<(\d{1,3})>)?1 (\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)? "
-    r"(\S+) (\S+) (\S+) (\S+) (-|(?:\[(?:[^\]\\]|\\.)*\])+) ?(.*)",
+    r"(\S+) (\S+) (\S+) (\S+) " + _SD + r" ?(.*)",
     re.S,
 )
 # Slow path: a time, then a tag in any of the shapes that fail2ban/sshguard samples show.
@@ -55,8 +57,9 @@ _TAG_PARTS = (
 # A tag ends in a colon or a [pid]; without either, only a line that had a time is accepted.
 _TAG = re.compile(_TAG_PARTS + r"(?:(?<=\]):?|:)(?: \[ID \d+ [\w.]+\])? *(?P<msg>.*)", re.S)
 _TAG_LOOSE = re.compile(_TAG_PARTS + r"(?: \[ID \d+ [\w.]+\])? +(?P<msg>.*)", re.S)
+_SOLARIS_ID = re.compile(r"\[ID \d+ [\w.]+\] *")
 _FACILITY = re.compile(r"[a-z]+\.[a-z]+: +")
-_5424_BARE = re.compile(r"(\S+) (\S+) (\d+|-) (\S+) (-|(?:\[(?:[^\]\\]|\\.)*\])+) ?(.*)", re.S)
+_5424_BARE = re.compile(r"(\S+) (\S+) (\d+|-) (\S+) " + _SD + r" ?(.*)", re.S)
 _KERNEL_UPTIME = re.compile(r"\[\s*\d+\.\d+\] ?")
 
 
@@ -67,6 +70,9 @@ class Header(NamedTuple):
     pid: int | None
     message: str
     priority: int | None = None
+    # set when the tag had neither colon nor pid: the first word may be message text, and this
+    # is the whole text after the time, to try as a bare message when the tag reading fails
+    bare: str | None = None
 
 
 def _tz_offset(text: str | None) -> timezone | None:
@@ -154,7 +160,12 @@ class HeaderParser:
                     prog = m[3]
                     if "/" in prog:
                         prog = _prog(prog)
-                    return Header(ts, m[2], prog, int(pid) if pid else None, m[5])
+                    msg = m[5]
+                    if msg[:4] == "[ID ":  # Solaris: "sshd[1]: [ID 800047 auth.info] msg"
+                        mi = _SOLARIS_ID.match(msg)
+                        if mi:
+                            msg = msg[mi.end():]
+                    return Header(ts, m[2], prog, int(pid) if pid else None, msg)
         elif c.isdigit():
             m = _FAST_ISO.match(line)
             if m:
@@ -220,15 +231,17 @@ class HeaderParser:
                         return Header(ts, mb[1], _prog(mb[2]),
                                       int(pid) if pid.isdigit() else None, mb[6], prio)
         mt = _TAG.match(rest)
+        bare = None
         if mt is None and ts is not None:
             mt = _TAG_LOOSE.match(rest)
+            bare = rest
         if mt:
             pid = mt["pid"]
             host = mt["host"]
             if ts is None and not pid:
                 return None
             return Header(ts, host, _prog(mt["prog"]), int(pid) if pid else None,
-                          mt["msg"], prio)
+                          mt["msg"], prio, None if pid else bare)
         if ts is not None:  # a time and then a bare message (sshguard's "Banner formats")
             return Header(ts, None, None, None, rest, prio)
         return None

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from logly.events import ACTIONS, LogEvent
+from logly.events import ACTIONS, ATTACK_ACTIONS, LogEvent
 from logly.parsers.addresses import is_hostname, normalize_ip
 from logly.parsers.header import HeaderParser, strip_kernel_uptime
 from logly.parsers.patterns import Compiled
@@ -21,6 +21,9 @@ MAX_LINE = 64 * 1024  # longer lines are cut before matching; the event notes th
 _REPEAT = re.compile(r"message repeated (\d+) times: \[ ?(.*?) ?\]\s*\Z", re.S)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 LINK_SECONDS = 5.0  # sshd and pam log one attempt within the same second, in practice
+# Programs that fork one process per connection: every line of one pid concerns one peer.
+CONNECTION_PROGRAMS = frozenset({"sshd", "sshd-session", "dropbear"})
+CONNECTION_SECONDS = 600.0  # longer than any LoginGraceTime in use; a reused pid is older
 
 
 @dataclass(slots=True)
@@ -38,6 +41,11 @@ class LineParser:
         self.headers = headers or HeaderParser()
         # (host, pid) -> (timestamp text, ip, offset) of the last PAM auth failure from sshd
         self._pam_pending: dict[tuple[str | None, int], tuple[str, str | None, int | None]] = {}
+        # (host, pid) -> (timestamp text, address) that a line of that connection pinned down
+        # unambiguously; it settles a later line whose two readings disagree, and gives an
+        # address to sshd's address-less verdicts ("Disconnecting: Too many authentication
+        # failures [preauth]"). Text never picks it: it only chooses among what sshd wrote.
+        self._peers: dict[tuple[str | None, int], tuple[str, str]] = {}
 
     def parse(self, line: str, path: str | None = None, offset: int | None = None) -> Outcome:
         if len(line) > MAX_LINE:
@@ -63,6 +71,13 @@ class LineParser:
         message = head.message
         if message[:1] == " ":
             message = message.lstrip(" ")
+        if head.bare is not None:  # "TIME word rest": a tag, or the first word of a message?
+            out = self.parse_fields(ts, head.host, head.program, head.pid, message, dict(meta),
+                                    path, offset)
+            if out.rule is not None:
+                return out
+            alt = self.parse_fields(ts, head.host, None, None, head.bare, meta, path, offset)
+            return alt if alt.rule is not None else out
         return self.parse_fields(ts, head.host, head.program, head.pid, message, meta, path,
                                  offset)
 
@@ -94,9 +109,20 @@ class LineParser:
             rule = cand.rule
             meta = ev.metadata
             ambiguous = False
+            peer_key = (ev.host, ev.pid) if ev.pid is not None and program in \
+                CONNECTION_PROGRAMS else None
             if comp.lazy is not None and (not comp.ip_sep or text.count(comp.ip_sep) > 1):
                 other = comp.lazy.match(text)
                 ambiguous = other is not None and _ip_of(other, comp) != _ip_of(m, comp)
+                if ambiguous and peer_key is not None:
+                    # two readings: the connection's own earlier lines say which is sshd's
+                    known = self._peer(peer_key, ev.timestamp)
+                    if known is not None and known == _norm(_ip_of(m, comp)):
+                        ambiguous = False
+                    elif known is not None and known == _norm(_ip_of(other, comp)):
+                        m, ambiguous = other, False  # type: ignore[assignment]
+                    if not ambiguous:
+                        meta["address_from"] = "connection"
                 if ambiguous:
                     meta["ambiguous_address"] = True
             for name, value in zip(comp.fields, m.groups(), strict=True):
@@ -124,16 +150,44 @@ class LineParser:
             ev.level = rule.level
             ev.service = rule.service
             meta["rule"] = rule.name
+            if peer_key is not None:
+                self._track_peer(peer_key, ev, rule, ambiguous)
             if ev.pid is not None and rule.action in ("auth_failure", "invalid_user"):
                 self._link_attempt(ev, rule)
             return rule
         return None
 
+    def _peer(self, key: tuple[str | None, int], ts: str) -> str | None:
+        seen = self._peers.get(key)
+        if seen is None or _seconds_between(seen[0], ts) > CONNECTION_SECONDS:
+            return None
+        return seen[1]
+
+    def _track_peer(self, key: tuple[str | None, int], ev: LogEvent, rule: Rule,
+                    ambiguous: bool) -> None:
+        if ev.ip_address is not None:
+            if not ambiguous and "address_from" not in ev.metadata:
+                if len(self._peers) > 10_000:
+                    self._peers.clear()
+                self._peers[key] = (ev.timestamp, ev.ip_address)
+        elif (rule.action in ATTACK_ACTIONS and not ambiguous and "rhost" not in ev.metadata
+              and not rule.name.startswith("pam/")):
+            # PAM's address-less lines stay so: sshd logs the same attempt with its address
+            known = self._peer(key, ev.timestamp)
+            if known is not None:
+                ev.ip_address = known
+                ev.metadata["address_from"] = "connection"
+        if rule.action in ("disconnect", "preauth_disconnect"):
+            self._peers.pop(key, None)  # the connection is over; its pid may be reused
+
     def _link_attempt(self, ev: LogEvent, rule: Rule) -> None:
         """sshd logs a failed password twice (its PAM stack, then itself): count it once."""
         key = (ev.host, ev.pid)  # type: ignore[assignment]
         if rule.name.startswith("pam/"):
-            if ev.metadata.get("pam_service") in ("sshd", "sshd-session"):
+            # only PAM's own failure line with an address stands for the attempt: "check pass;
+            # user unknown" or a failure naming a host would leave sshd's line uncounted
+            if (rule.action == "auth_failure" and ev.ip_address is not None
+                    and ev.metadata.get("pam_service") in ("sshd", "sshd-session")):
                 if len(self._pam_pending) > 10_000:
                     self._pam_pending.clear()
                 self._pam_pending[key] = (ev.timestamp, ev.ip_address, ev.offset)
@@ -182,6 +236,10 @@ class LineParser:
         if action == "info" and ev.program:
             rule = self.apply_rules(ev, ev.program, ev.message)
         return Outcome(ev, rule)
+
+
+def _norm(value: str | None) -> str | None:
+    return normalize_ip(value) if value else None
 
 
 def _ip_of(m: re.Match[str], comp: Compiled) -> str | None:

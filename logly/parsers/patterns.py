@@ -33,11 +33,21 @@ TYPES: dict[str, str] = {
     "user": r".*",
     "any": r".*?",
     "rest": r".*",
+    # a `key=%s` field that may be empty but, when set, does not start with a space
+    "text": r"(?:\S.*)?",
+    # bounded free text (a reason, a log prefix): a lazy catch-all that several others follow
+    # costs O(n) per position it tries, i.e. O(n^2) on a crafted line; 128 keeps it linear
+    "short": r".{0,128}?",
+    "long": r".{0,1024}?",  # the same for fields that may be longer (sudo's ENV=, CHROOT=)
     "hex": r"[0-9A-Fa-f]+",
     "jail": r"[^\]\s]+",
     "name": r"[^\s()\[\]:;,]+",
 }
-GREEDY = frozenset({"user", "any", "rest"})
+# The catch-alls, and how each reads in the shortest reading (see `Compiled.lazy`).
+LAZY_TYPES: dict[str, str] = {"user": r".*?", "any": r".*?", "rest": r".*?",
+                              "text": r"(?:\S.*?)?", "short": r".{0,128}?",
+                              "long": r".{0,1024}?"}
+GREEDY = frozenset(LAZY_TYPES)
 FIELD_NAMES = frozenset({"ip", "user", "port"})
 
 
@@ -185,9 +195,7 @@ def compile_pattern(pattern: str) -> Compiled:
                 counter[0] += 1
                 gname = f"g{counter[0]}_{re.sub(r'[^0-9A-Za-z_]', '_', node[1])}"
                 groups[gname] = node[1]
-                rx = TYPES[node[2]]
-                if lazy and node[2] in GREEDY and not rx.endswith("?"):
-                    rx += "?"
+                rx = LAZY_TYPES[node[2]] if lazy and node[2] in GREEDY else TYPES[node[2]]
                 parts.append(f"(?P<{gname}>{rx})")
             elif kind == "opt":
                 parts.append(f"(?:{emit(node[1], lazy)})?")
