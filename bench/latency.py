@@ -114,8 +114,12 @@ def run_rate(rate: int, seconds: float, workdir: Path) -> dict:
     daemon = subprocess.Popen(
         [sys.executable, "-m", "logly.cli", "daemon", "--db", str(db), "--config", str(cfg),
          "--follow", str(log), "--from-start"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=open(workdir / f"daemon-{rate}.err", "w"),  # noqa: SIM115
+        start_new_session=True)
     while not db.exists() or rss_kb(daemon.pid) == 0:
+        if daemon.poll() is not None:
+            raise SystemExit(f"logly daemon exited with {daemon.returncode}: "
+                             + (workdir / f"daemon-{rate}.err").read_text()[-2000:])
         time.sleep(0.05)
     time.sleep(1.0)
     written: list[float] = []

@@ -270,6 +270,8 @@ def _short(exc: BaseException) -> str:
 
 def run_daemon(opts: DaemonOptions, hooks: list[BatchHook] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # apscheduler narrates every job at INFO; the journal only needs its warnings
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     daemon = Daemon(opts, hooks)
     daemon.install_signals()
     return daemon.run()

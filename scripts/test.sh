@@ -28,6 +28,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[dev]'
+# eBPF for the tracer tests: BCC, kernel headers, tracefs (as root; they skip elsewhere)
+./scripts/ebpf-setup.sh .venv
 
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"
