@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS log_events (
 CREATE INDEX IF NOT EXISTS ix_log_events_timestamp ON log_events (timestamp);
 CREATE INDEX IF NOT EXISTS ix_log_events_source_timestamp ON log_events (source, timestamp);
 CREATE INDEX IF NOT EXISTS ix_log_events_ip_timestamp ON log_events (ip_address, timestamp);
+CREATE INDEX IF NOT EXISTS ix_log_events_trace ON log_events (trace_id) WHERE trace_id IS NOT NULL;
+-- ix_log_events_trace: a deleted trace sets its events' trace_id to NULL through it; partial,
+-- so storing a new event (no trace yet) does not touch it.
 -- Exactly once comes from the checkpoint (source_files.offset, committed with the events), so
 -- (file_id, offset) needs no unique index: that index would cost a tenth of ingest speed.
 
@@ -147,6 +150,7 @@ CREATE TABLE IF NOT EXISTS event_traces (
 );
 CREATE INDEX IF NOT EXISTS ix_event_traces_last_seen ON event_traces (last_seen);
 CREATE INDEX IF NOT EXISTS ix_event_traces_ip ON event_traces (ip_address, last_seen);
+CREATE INDEX IF NOT EXISTS ix_event_traces_open ON event_traces (pattern) WHERE status = 'open';
 
 CREATE TABLE IF NOT EXISTS process_traces (
     id          INTEGER PRIMARY KEY,
@@ -161,7 +165,9 @@ CREATE TABLE IF NOT EXISTS process_traces (
     container   TEXT,
     start       TEXT,
     exit        TEXT,
-    exit_code   INTEGER
+    exit_code   INTEGER,
+    -- {"failed": {"openat:EACCES": 3, ...}, "slow": [{"syscall": ..., "ms": ...}]} (tracer)
+    syscalls    TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_process_traces_trace ON process_traces (trace_id);
 CREATE INDEX IF NOT EXISTS ix_process_traces_event ON process_traces (event_id);
@@ -200,6 +206,7 @@ CREATE TABLE IF NOT EXISTS error_traces (
 );
 CREATE INDEX IF NOT EXISTS ix_error_traces_timestamp ON error_traces (timestamp);
 CREATE INDEX IF NOT EXISTS ix_error_traces_event ON error_traces (event_id);
+CREATE INDEX IF NOT EXISTS ix_error_traces_trace ON error_traces (trace_id);
 
 CREATE TABLE IF NOT EXISTS ip_reputation (
     address     TEXT PRIMARY KEY,
@@ -213,9 +220,16 @@ CREATE TABLE IF NOT EXISTS ip_reputation (
     geo         TEXT,
     asn         TEXT,
     blocklists  TEXT,
-    updated     TEXT NOT NULL
+    updated     TEXT NOT NULL,
+    -- score before decay; the decay runs from last_attack (see docs/reputation.md)
+    base_score  REAL NOT NULL DEFAULT 0,
+    last_attack TEXT,
+    -- an IPv6 host's /64 (whose own row, address "<prefix>::/64", sums its hosts)
+    net         TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_ip_reputation_score ON ip_reputation (score);
+CREATE INDEX IF NOT EXISTS ix_ip_reputation_net ON ip_reputation (net);
+CREATE INDEX IF NOT EXISTS ix_ip_reputation_last_seen ON ip_reputation (last_seen);
 
 CREATE TABLE IF NOT EXISTS trace_patterns (
     id          INTEGER PRIMARY KEY,

@@ -63,6 +63,9 @@ def ingest(
                                              "(default: from the file's mtime).")] = None,
     tz: Annotated[str | None, typer.Option("--tz", help="Zone of times without one "
                                            "(default: this machine's).")] = None,
+    no_enrich: Annotated[bool, typer.Option(
+        "--no-enrich", help="Store events only: no reputation, error classes or traces "
+        "(a fast bulk load; `logly ip --recompute` scores later).")] = False,
     as_json: JsonOpt = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
@@ -92,6 +95,9 @@ def ingest(
     store = ctx.store(must_exist=False)
     store.init()
     rules = ctx.rules()
+    from logly.tracer.stages import build_hooks
+
+    hooks = [] if no_enrich else build_hooks(ctx.config)
     summaries = []
     failed = False
     for path in paths:
@@ -105,13 +111,13 @@ def ingest(
             with _progress(ctx, inp) as advance:
                 s = ingest_input(store, rules, inp, tz=tzinfo, year=year, progress=advance,
                                  batch_lines=ctx.config.batch_lines,
-                                 batch_seconds=ctx.config.batch_seconds)
+                                 batch_seconds=ctx.config.batch_seconds, hooks=hooks)
         finally:
             inp.close()
         summaries.append(s)
     if use_journal:
         summaries.append(_ingest_journal(ctx, store, rules, journal_file or [], journal_dir,
-                                         match, since, until))
+                                         match, since, until, hooks))
     if as_json:
         ctx.print_json([s.to_dict() for s in summaries])
     else:
@@ -134,7 +140,7 @@ def ingest(
 
 def _ingest_journal(ctx: Context, store: Any, rules: Any, files: list[str],
                     directory: str | None, match: list[str] | None, since: str | None,
-                    until: str | None) -> Any:
+                    until: str | None, hooks: list[Any]) -> Any:
     from logly.sources.journal import (
         DEFAULT_MATCHES,
         JournalQuery,
@@ -145,7 +151,8 @@ def _ingest_journal(ctx: Context, store: Any, rules: Any, files: list[str],
     query = JournalQuery(matches=list(match or DEFAULT_MATCHES), files=list(files),
                          directory=directory, since=since, until=until)
     try:
-        return ingest_journal(store, rules, query, batch_lines=ctx.config.batch_lines)
+        return ingest_journal(store, rules, query, batch_lines=ctx.config.batch_lines,
+                              hooks=hooks)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except JournalUnavailable as exc:
@@ -256,6 +263,12 @@ def stats(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None) 
         state = f"error: {d['error']}" if d.get("error") else "ok"
         ctx.out.print(Text(f"Daemon pid {d['pid']} ({state}), status at {d['updated'][:19]}Z: "
                            f"{d['events_per_min']:,} events/min"))
+        tr = d.get("tracer") or {}
+        if tr:
+            why = f" ({safe_text(tr['reason'])})" if tr.get("reason") else ""
+            ctx.out.print(Text(f"Tracer: {tr['mode']}{why}, "
+                               f"{sum((tr.get('events') or {}).values()):,} kernel events, "
+                               f"{sum((tr.get('lost') or {}).values()):,} lost"))
         t = _table("followed file", "lag (bytes)", "pending", "events", title="Following")
         for f in d["files"]:
             t.add_row(_cell(f["path"]), f"{f['lag_bytes']:,}", f"{f['pending']:,}",

@@ -46,7 +46,6 @@ class DaemonOptions:
 class Daemon:
     def __init__(self, opts: DaemonOptions, hooks: list[BatchHook] | None = None) -> None:
         self.opts = opts
-        self.hooks = hooks or []
         self.notifier = Notifier()
         self.wake = threading.Event()
         self.stopping = False
@@ -56,11 +55,17 @@ class Daemon:
         self.store = SQLiteStore(self.config.db)
         self.store.init()
         self.rules = RuleSet.load(self.config.rules_dirs)
+        if hooks is None:
+            from logly.tracer.stages import build_hooks
+
+            hooks = build_hooks(self.config)
+        self.hooks = hooks
         self.error: str | None = None
         self.started = time.time()
         self.stored = 0
         self._observer: Any = None
         self.scheduler: Any = None
+        self.tracer: Any = None
 
     def _load_config(self) -> Config:
         cfg = load_config(self.opts.config_path)
@@ -97,7 +102,23 @@ class Daemon:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
 
+    def _start_tracer(self) -> None:
+        """Before the followers exist: they keep a reference to self.hooks. Appended last, so
+        the correlation hook's trace_id is there when the tracer links an event."""
+        if not self.opts.tracer:
+            return
+        from logly.tracer.ebpf import open_tracer, parse_settings
+        from logly.tracer.link import make_hook
+
+        settings = parse_settings(self.config.sections.get("tracer", {}))
+        if not settings.enabled:
+            return
+        self.tracer = open_tracer(settings)  # warns once and falls back to /proc if it must
+        self.hooks.append(make_hook(self.tracer, keep_seconds=settings.keep_seconds,
+                                    local_only=settings.link_host))
+
     def run(self) -> int:
+        self._start_tracer()
         self._sync_followers()
         self._start_observer()
         self._start_scheduler()
@@ -154,6 +175,8 @@ class Daemon:
             code = 1
         self._stop_scheduler()
         self._report_status()
+        if self.tracer is not None:
+            self.tracer.stop()
         for f in self.followers.values():
             f.close()
         if self._observer is not None:
@@ -243,6 +266,7 @@ class Daemon:
             "stored_events": self.stored,
             "events_per_min": round(self.stored / up * 60, 1),
             "error": self.error,
+            "tracer": self.tracer.stats() if self.tracer is not None else {"mode": "off"},
             "files": [
                 {"path": p, "lag_bytes": f.lag_bytes(), "pending": f.pending_lines(),
                  "events": f.events}

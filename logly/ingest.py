@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from logly.errors import LoglyError
@@ -31,7 +32,7 @@ BATCH_SECONDS = 1.0
 PARALLEL_MIN_BYTES = 8 << 20  # below this a second process costs more than it saves
 # Indexes are dropped and rebuilt when a load brings more rows than the table holds, and at
 # least this many (estimated from bytes at ~100 bytes a line): rebuilding sorts once.
-BULK_MIN_ROWS = 500_000
+BULK_MIN_ROWS = 100_000
 QUEUE_BATCHES = 4  # bounds memory: at most this many parsed batches wait for the writer
 
 
@@ -73,23 +74,46 @@ class Batch:
 Progress = Callable[[int], None]  # called with bytes consumed since the last call
 
 
+def _json_dumps() -> Callable[[Any], str]:
+    """`json.dumps(obj, ensure_ascii=False)`, less its per-call set-up.
+
+    json.dumps builds an encoder object and a C encoder on every call with non-default options;
+    here the C encoder is built once. The text is the same (same separators, key order and
+    escaping); only the circular-reference check is left out: metadata is a tree of strings,
+    numbers and small dicts that the parser builds, never a cycle.
+    """
+    enc = json.JSONEncoder(ensure_ascii=False)
+    if c_make_encoder is None:  # pragma: no cover - CPython always has the C accelerator
+        return enc.encode
+    c_enc = c_make_encoder(None, enc.default, encode_basestring, None, enc.key_separator,
+                           enc.item_separator, False, False, True)
+
+    def dumps(obj: Any) -> str:
+        return "".join(c_enc(obj, 0))
+
+    return dumps
+
+
 class MetadataEncoder:
     """JSON text of an event's metadata; most events repeat a few shapes, so cache those."""
 
     def __init__(self, size: int = 4096) -> None:
         self._cache: dict[tuple, str] = {}
         self._size = size
+        self._dumps = _json_dumps()
 
     def __call__(self, meta: dict[str, Any]) -> str | None:
         if not meta:
             return None
+        if "duplicate_of" in meta:  # holds a dict (unhashable) and an offset: never repeats
+            return self._dumps(meta)
         try:
             key = tuple(meta.items())
             hit = self._cache.get(key)
         except TypeError:  # an unhashable value (a nested dict): encode directly
-            return json.dumps(meta, ensure_ascii=False)
+            return self._dumps(meta)
         if hit is None:
-            hit = json.dumps(meta, ensure_ascii=False)
+            hit = self._dumps(meta)
             if len(self._cache) >= self._size:
                 self._cache.clear()
             self._cache[key] = hit

@@ -91,21 +91,43 @@ def test_forward_migration_runs_in_order(db_path: Path, monkeypatch: pytest.Monk
     assert s.version() == SCHEMA_VERSION + 1
 
 
-def test_version_1_database_is_migrated_in_place(db_path: Path) -> None:
-    s = SQLiteStore(db_path)
-    s.init()
-    fid, _ = s.open_source("old", "/var/log/auth.log")
-    s.write_batch(fid, [(*ROW, fid, 0)], [], 100, 1)
-    conn = sqlite3.connect(db_path)  # make it what version 1 wrote
-    conn.execute("ALTER TABLE source_files DROP COLUMN cursor")
-    conn.execute("UPDATE metadata SET value='1' WHERE key='schema_version'")
+def _shape(path: Path) -> dict[str, object]:
+    """Every table's columns and every index's definition: what a migration must reproduce."""
+    conn = sqlite3.connect(path)
+    names = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    shape: dict[str, object] = {t: _columns(conn, t) for t in names}
+    shape["indexes"] = sorted(
+        (r[0], " ".join(r[1].split())) for r in conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+    conn.close()
+    return shape
+
+
+def test_version_1_database_is_migrated_to_the_shape_of_a_new_one(tmp_path: Path) -> None:
+    """tests/data/schema_v1.sql is schema.sql as the first release shipped it."""
+    old = tmp_path / "v1.db"
+    conn = sqlite3.connect(old)
+    conn.executescript((Path(__file__).parent / "data" / "schema_v1.sql").read_text())
+    conn.execute("INSERT INTO metadata (key, value) VALUES ('schema_version', '1')")
+    conn.execute("INSERT INTO source_files (identity, path, kind, \"offset\", size, lines, "
+                 "events, unparsed, first_seen, updated) VALUES ('old', '/var/log/auth.log', "
+                 "'file', 100, 100, 1, 1, 0, '2026-11-24T10:00:00.000000Z', "
+                 "'2026-11-24T10:00:00.000000Z')")
     conn.commit()
     conn.close()
-    s = SQLiteStore(db_path)
+    s = SQLiteStore(old)
     assert s.version() == 1
     assert s.init() == SCHEMA_VERSION
-    assert "cursor" in _columns(sqlite3.connect(db_path), "source_files")
-    assert len(s.get_log_events()) == 1 and s.source_offset("old") == 100
+    assert s.source_offset("old") == 100
+    fid, _ = s.open_source("old", "/var/log/auth.log")
+    s.write_batch(fid, [(*ROW, fid, 100)], [], 200, 1)
+    assert len(s.get_log_events()) == 1
+    s.close()
+    fresh = SQLiteStore(tmp_path / "new.db")
+    fresh.init()
+    fresh.close()
+    assert _shape(old) == _shape(tmp_path / "new.db")
 
 
 def test_newer_schema_is_refused(db_path: Path) -> None:

@@ -21,18 +21,19 @@ from typing import NamedTuple
 MONTHS = {m: i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 
-# Fast path: the two forms a Debian server writes.
+# Fast path: the two forms a Debian server writes. An optional part is "(?:X|)", the exact
+# equivalent of "(?:X)?" that sre runs as a cheap branch instead of a general repeat.
 _FAST_3164 = re.compile(
-    r"([A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d) ([^\s\[\]]+) ([^\s\[\]:]+)(?:\[(\d+)\])?: ?(.*)",
+    r"([A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d) ([^\s\[\]]+) ([^\s\[\]:]+)(?:\[(\d+)\]|): ?(.*)",
     re.S,
 )
 _FAST_ISO = re.compile(
-    r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)? ([^\s\[\]]+) "
-    r"([^\s\[\]:]+)(?:\[(\d+)\])?: ?(.*)",
+    r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.(\d+)|)(?:(Z|[+-]\d\d:?\d\d)|) ([^\s\[\]]+) "
+    r"([^\s\[\]:]+)(?:\[(\d+)\]|): ?(.*)",
     re.S,
 )
 _F2B = re.compile(
-    r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d),(\d+) (fail2ban\.\w+)\s*(?:\[(\d+)\])?: ?(.*)", re.S
+    r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d),(\d+) (fail2ban\.\w+)\s*(?:\[(\d+)\]|): ?(.*)", re.S
 )
 # RFC 5424 structured data; a quoted value may hold an unescaped "]" (seen in the wild)
 _SD = r'(-|(?:\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*")*\])+)'

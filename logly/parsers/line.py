@@ -101,11 +101,11 @@ class LineParser:
         return Outcome(ev, rule)
 
     def apply_rules(self, ev: LogEvent, program: str | None, text: str) -> Rule | None:
-        for cand in self.rules.candidates(program, text):
-            comp = cand.compiled
-            m = comp.regex.match(text)
+        for match, cand in self.rules.tries(program, text):
+            m = match(text)
             if m is None:
                 continue
+            comp = cand.compiled
             rule = cand.rule
             meta = ev.metadata
             ambiguous = False

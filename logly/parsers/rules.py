@@ -20,7 +20,7 @@ The rule's name is `<file stem>/<section>`, so the path says what an item is.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,12 +154,17 @@ class Candidate:
     compiled: Compiled
 
 
+# What the per-line loop walks: (the pattern's bound `match`, its candidate), in trial order.
+Tries = list[tuple[Callable[[str], "re.Match[str] | None"], Candidate]]
+_Index = tuple[dict[str, list[Candidate]], list[Candidate], dict[str, Tries], Tries]
+
+
 class RuleSet:
     """Rules indexed by program, then by the first characters of the message."""
 
     def __init__(self, files: list[RuleFile]) -> None:
         self.files = files
-        self._by_program: dict[str, tuple[dict[str, list[Candidate]], list[Candidate]]] = {}
+        self._by_program: dict[str, _Index] = {}
         self._wild: list[Candidate] = []
         specific: dict[str, list[Candidate]] = {}
         for rf in files:
@@ -181,7 +186,7 @@ class RuleSet:
             self._by_program[prog] = self._index(cands + self._wild)
 
     @staticmethod
-    def _index(cands: list[Candidate]) -> tuple[dict[str, list[Candidate]], list[Candidate]]:
+    def _index(cands: list[Candidate]) -> _Index:
         keyed: dict[str, list[Candidate]] = {}
         always: list[Candidate] = []
         for c in cands:
@@ -194,15 +199,26 @@ class RuleSet:
         order = {id(c): i for i, c in enumerate(cands)}
         for k in keyed:
             keyed[k] = sorted(keyed[k] + always, key=lambda c: order[id(c)])
-        return keyed, always
+
+        def tries(bucket: list[Candidate]) -> Tries:
+            return [(c.compiled.regex.match, c) for c in bucket]
+
+        return keyed, always, {k: tries(v) for k, v in keyed.items()}, tries(always)
+
+    def _lookup(self, program: str | None) -> _Index:
+        if program is None:
+            return self._all_index
+        return self._by_program.get(program) or self._wild_index
 
     def candidates(self, program: str | None, message: str) -> list[Candidate]:
-        if program is None:
-            index = self._all_index
-        else:
-            index = self._by_program.get(program) or self._wild_index
-        keyed, always = index
+        keyed, always, _, _ = self._lookup(program)
         return keyed.get(message[:KEY_LEN], always)
+
+    def tries(self, program: str | None, message: str) -> Tries:
+        """candidates() as (match, candidate) pairs: the per-line loop skips two lookups a try."""
+        index = self._all_index if program is None else \
+            self._by_program.get(program, self._wild_index)
+        return index[2].get(message[:KEY_LEN], index[3])
 
     @property
     def rules(self) -> list[Rule]:

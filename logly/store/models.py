@@ -160,6 +160,7 @@ class ProcessTrace(SQLModel, table=True):
     start: str | None = None
     exit: str | None = None
     exit_code: int | None = None
+    syscalls: str | None = None
 
 
 class NetworkTrace(SQLModel, table=True):
@@ -209,6 +210,9 @@ class IpReputation(SQLModel, table=True):
     asn: str | None = None
     blocklists: str | None = None
     updated: str
+    base_score: float = 0.0
+    last_attack: str | None = None
+    net: str | None = None
 
 
 class TracePattern(SQLModel, table=True):

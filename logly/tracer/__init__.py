@@ -1,0 +1,1 @@
+"""Enrichment of stored events: reputation, process/network context, error classes, traces."""

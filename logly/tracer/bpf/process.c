@@ -1,0 +1,168 @@
+// Process lifecycle (execsnoop style): fork, exec (with argv read at execve entry), exit
+// (with the exit_group code). Userspace keeps these in a cache that outlives the process.
+#ifndef MAXARGS
+#define MAXARGS 20
+#endif
+#ifndef ARGLEN
+#define ARGLEN 256
+#endif
+#define FILENAME_LEN 256
+
+struct argv_t {
+    u32 argc;
+    u32 truncated;  // more than MAXARGS arguments
+    char args[MAXARGS][ARGLEN];
+};
+BPF_PERCPU_ARRAY(argv_scratch, struct argv_t, 1);  // too big for the 512-byte BPF stack
+BPF_HASH(pending_argv, u32, struct argv_t, 1024);  // tid in execve -> its argv
+BPF_HASH(exit_codes, u32, int, 16384);             // tgid -> exit_group() code
+
+struct fork_ev {
+    u32 kind;
+    u32 pid;   // the child (a tid: threads are forks too, told apart at exit)
+    u32 ppid;  // the parent's process id (tgid)
+    u32 uid;
+    u64 ts;
+    u64 cgroup;
+    char comm[COMM_LEN];
+};
+
+struct exec_ev {
+    u32 kind;
+    u32 pid;
+    u32 old_pid;
+    u32 uid;
+    u64 ts;
+    u64 cgroup;
+    char comm[COMM_LEN];
+    char filename[FILENAME_LEN];
+    struct argv_t argv;
+};
+
+struct exit_ev {
+    u32 kind;
+    u32 pid;     // tgid
+    u32 tid;
+    u32 group_dead;
+    s32 code;
+    u32 has_code;
+    u64 ts;
+};
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u32 child = args->child_pid;
+    failed.delete(&child);  // a reused pid starts with no failures
+    struct fork_ev *e = events.ringbuf_reserve(sizeof(struct fork_ev));
+    if (!e) {
+        count_lost(EV_FORK);
+        return 0;
+    }
+    e->kind = EV_FORK;
+    e->pid = child;
+    e->ppid = bpf_get_current_pid_tgid() >> 32;
+    e->uid = (u32)bpf_get_current_uid_gid();
+    e->ts = bpf_ktime_get_ns();
+    e->cgroup = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    events.ringbuf_submit(e, RB_FLAGS);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+{
+    u32 zero = 0;
+    struct argv_t *a = argv_scratch.lookup(&zero);
+    if (!a)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    const char *const *argv = (const char *const *)args->argv;
+    a->argc = 0;
+    a->truncated = 0;
+#pragma unroll
+    for (int i = 0; i < MAXARGS; i++) {
+        const char *p = NULL;
+        bpf_probe_read_user(&p, sizeof(p), &argv[i]);
+        if (!p)
+            goto done;
+        bpf_probe_read_user_str(a->args[i], ARGLEN, p);
+        a->argc = i + 1;
+    }
+    {
+        const char *p = NULL;
+        bpf_probe_read_user(&p, sizeof(p), &argv[MAXARGS]);
+        if (p)
+            a->truncated = 1;
+    }
+done:
+    pending_argv.update(&tid, a);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u32 old = args->old_pid;
+    struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
+    if (!e) {
+        count_lost(EV_EXEC);
+        pending_argv.delete(&old);
+        return 0;
+    }
+    e->kind = EV_EXEC;
+    e->pid = args->pid;
+    e->old_pid = old;
+    e->uid = (u32)bpf_get_current_uid_gid();
+    e->ts = bpf_ktime_get_ns();
+    e->cgroup = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    TP_DATA_LOC_READ_STR(e->filename, filename, FILENAME_LEN);
+    struct argv_t *a = pending_argv.lookup(&old);
+    if (a) {
+        bpf_probe_read_kernel(&e->argv, sizeof(e->argv), a);
+        pending_argv.delete(&old);
+    } else {
+        e->argv.argc = 0;
+        e->argv.truncated = 0;
+    }
+    events.ringbuf_submit(e, RB_FLAGS);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    int code = (int)args->error_code;
+    exit_codes.update(&tgid, &code);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    u32 tid = (u32)id;
+    u32 dead = args->group_dead;
+    // a thread that is not the last one and not the leader: only its own cache entry goes
+    struct exit_ev *e = events.ringbuf_reserve(sizeof(struct exit_ev));
+    if (!e) {
+        count_lost(EV_EXIT);
+        return 0;
+    }
+    e->kind = EV_EXIT;
+    e->pid = tgid;
+    e->tid = tid;
+    e->group_dead = dead;
+    e->has_code = 0;
+    e->code = 0;
+    if (dead) {
+        int *c = exit_codes.lookup(&tgid);
+        if (c) {
+            e->code = *c;
+            e->has_code = 1;
+            exit_codes.delete(&tgid);
+        }
+    }
+    e->ts = bpf_ktime_get_ns();
+    events.ringbuf_submit(e, RB_FLAGS);
+    return 0;
+}

@@ -1,0 +1,891 @@
+"""Correlation: stateful patterns over the event stream -> event_traces with a causality chain.
+
+Patterns and their thresholds are data (rules/correlation.toml, see logly/tracer/patterns.py);
+this module holds the state machine. It runs as a batch hook inside write_batch's transaction:
+per row it looks the action up in a dispatch table (most rows stop there), updates small
+per-key counters in memory, and only when a pattern fires or an open trace grows does it touch
+the database, once per batch: new traces, updated traces, `log_events.trace_id` for the linked
+events, `error_traces.trace_id`, and `trace_patterns`.
+
+State survives a restart because none of it lives only in memory: open traces are rows
+(status 'open', their key and steps in `causality`), and the counters are rebuilt on the first
+batch from the recent events already stored (replayed without side effects). The same rebuild
+runs when a batch this hook saw was rolled back (the next batch does not start at the id
+expected), so memory never holds state the database lost.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from logly.errors import ConfigError
+from logly.store.sqlite import BatchHook
+from logly.tracer.classify import SEVERITY_RANK, Classified
+from logly.tracer.patterns import CorrelationRules, Pattern, TraceGroup
+
+MAX_EVENT_IDS = 500  # event ids kept in a trace's causality; event_count keeps counting
+_REPEAT = re.compile(r'"repeat": (\d{1,6})')
+_UID_TO_0 = re.compile(r"\bUID from '\d{1,10}' to '0'")
+
+
+def _epoch_of(ts: str, cache: dict[str, int]) -> int:
+    """Seconds since the epoch of a stored timestamp; the minute is cached (a day has 1440)."""
+    t = cache.get(ts[:16])
+    if t is None:
+        if len(cache) > 50_000:
+            cache.clear()
+        try:
+            t = int(datetime.fromisoformat(ts[:16]).replace(tzinfo=UTC).timestamp())
+        except ValueError:
+            t = 0
+        cache[ts[:16]] = t
+    sec = ts[17:19]
+    return t + int(sec) if sec.isdigit() else t
+
+
+@dataclass(slots=True)
+class Trace:
+    group: str
+    key: str
+    first_seen: str
+    last_seen: str
+    last_t: int
+    ip: str | None = None
+    user: str | None = None
+    host: str | None = None
+    id: int | None = None
+    title: str = ""
+    severity: str = "info"
+    event_count: int = 0
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    events: list[int] = field(default_factory=list)
+    dirty: bool = True
+    signature_changed: bool = False
+    title_pattern: Pattern | None = None
+    title_values: dict[str, Any] = field(default_factory=dict)
+
+    def render_title(self) -> None:
+        if self.title_pattern is not None:
+            self.title = self.title_pattern.render({"count": self.event_count,
+                                                    **self.title_values})
+
+    def causality(self) -> str:
+        more = max(0, self.event_count - len(self.events))
+        return json.dumps({"key": self.key, "steps": self.steps, "events": self.events,
+                           "more_events": more}, ensure_ascii=False)
+
+    def has_step(self, pattern: str) -> bool:
+        return any(s["pattern"] == pattern for s in self.steps)
+
+
+class _Addr:
+    """What one remote address did recently (all bounded, lists trimmed by half when full)."""
+
+    __slots__ = ("levels", "fails", "recent", "users", "ports", "scan_t", "unban_t")
+
+    def __init__(self, n_levels: int, t: int) -> None:
+        self.levels: list[float] = [0.0, float(t)] * n_levels  # leaky buckets: level, time
+        self.fails: list[int] = []  # times of failed attempts
+        self.recent: list[tuple[int, int, str]] = []  # (t, event id, ts): join a new trace
+        self.users: dict[str, int] | None = None  # user -> last t
+        self.ports: dict[int, int] | None = None  # port -> last t
+        self.scan_t = -1
+        self.unban_t = -1
+
+
+@dataclass(slots=True)
+class Ev:
+    """The normalised fields correlation reads. `msg` is there for one rule only (see
+    admin-group) until the parser says whether a group line adds or removes."""
+
+    id: int
+    ts: str
+    t: int
+    host: str | None
+    program: str | None
+    action: str
+    ip: str | None
+    user: str | None
+    port: int | None
+    meta: str | None
+    msg: str = ""
+
+
+class Correlator:
+    def __init__(self, rules: CorrelationRules) -> None:
+        self.rules = rules
+        self._next_id: int | None = None
+        self._replay = False
+        self._cache: dict[str, int] = {}
+        self._reset()
+        fail = frozenset(rules.failure_actions)
+        self._fail_actions = fail
+        # action -> handlers; an action with no entry costs one dict miss per row
+        self._dispatch: dict[str, list[Any]] = {}
+        for a in fail:
+            self._on(a, self._address_failure)
+        for p in rules.patterns.values():
+            if p.kind in ("distinct-ips",):
+                for a in p.on:
+                    self._on(a, self._user_attack)
+            elif p.kind in ("each", "count"):
+                for a in p.on:
+                    self._on(a, self._privilege)
+            elif p.kind in ("uid0", "admin-group"):
+                for a in p.on:
+                    self._on(a, self._account)
+            elif p.kind == "scan-then-login":
+                # the address handlers below see these actions; others would never arrive
+                odd = (set(p.params["login_actions"]) - fail - {"auth_success"}) | (
+                    set(p.params["scan_actions"]) - fail - {"firewall_block"})
+                if odd:
+                    raise ConfigError(f"{rules.path}: [pattern.{p.name}]: actions "
+                                      f"{', '.join(sorted(odd))} are not address events",
+                                      hint="use [failures] actions, auth_success or "
+                                           "firewall_block")
+        self._on("auth_success", self._address_success)
+        self._on("auth_success", self._login)
+        for a in ("firewall_block", "f2b_ban", "f2b_unban", "f2b_found"):
+            self._on(a, self._address_other)
+        for group in rules.traces.values():
+            for a in group.link_actions:
+                self._dispatch.setdefault(a, [])
+        for a, hs in self._dispatch.items():
+            self._dispatch[a] = list(dict.fromkeys(hs))
+        self._link_groups: dict[str, list[tuple[str, TraceGroup]]] = {}
+        for name, g in rules.traces.items():
+            for a in g.link_actions:
+                self._link_groups.setdefault(a, []).append((name, g))
+        self._prepare()
+
+    def _on(self, action: str, handler: Any) -> None:
+        self._dispatch.setdefault(action, []).append(handler)
+
+    def _reset(self) -> None:
+        self.open: dict[tuple[str, str], Trace] = {}
+        self.addrs: dict[str, _Addr] = {}
+        self.few: dict[str, tuple[tuple, ...]] = {}  # address -> its first events
+        self.user_ips: dict[str, dict[str, int]] = {}
+        self.user_fails: dict[str, deque[tuple[int, int, str]]] = {}
+        self.user_recent: dict[str, deque[tuple[int, int, str]]] = {}
+        self.logins: dict[str, set[str]] = {}
+        self.errors: dict[str, deque[tuple[int, int, str]]] = {}
+        self._links: dict[int, int | Trace] = {}
+        self._error_links: list[tuple[Trace, int]] = []
+        self._batch_max_t = 0
+        self._closing: list[Trace] = []
+        self._added = -1  # id of the event a trace took last (one event joins a trace once)
+        self._linking: frozenset[str] = frozenset()  # actions some open trace may take
+
+    # ---- the hook --------------------------------------------------------------------------------
+    def hook(self, conn: Any, rows: Sequence[tuple], first_id: int,
+             errors: list[Classified] | None = None) -> None:
+        if self._next_id != first_id:
+            self.rebuild(conn, first_id)
+        self._next_id = first_id + len(rows)
+        dispatch = self._dispatch
+        cache = self._cache
+        if rows:  # idle traces close against this batch's (log) time
+            self._batch_max_t = max(_epoch_of(rows[0][0], cache), _epoch_of(rows[-1][0], cache))
+        for i, row in enumerate(rows):
+            action = row[7]
+            handlers = dispatch.get(action)
+            if handlers is None or not (handlers or action in self._linking):
+                continue  # most rows stop here: no pattern and no open trace wants them
+            ev = Ev(first_id + i, row[0], _epoch_of(row[0], cache), row[2], row[3], action,
+                    row[9], row[10], row[11], row[12], row[8])
+            self._added = -1
+            for h in handlers:
+                h(ev)
+            if self._added != ev.id and action in self._linking:
+                self._link_open(ev)  # no pattern took it: it may still join an open trace
+        for hit in errors or ():
+            row = rows[hit.index]
+            # a unit's errors are that service's, not all of systemd's
+            ev = Ev(first_id + hit.index, row[0], _epoch_of(row[0], cache), row[2],
+                    hit.unit or row[3], row[7], row[9], row[10], row[11], row[12])
+            self._error(ev, hit.cls.type, hit.cls.severity)
+        self._flush(conn)
+
+    def _event(self, ev: Ev, handlers: list[Any]) -> None:
+        self._added = -1
+        for h in handlers:
+            h(ev)
+        if self._added != ev.id:  # no pattern took it: it may still join an open trace
+            self._link_open(ev)
+
+    def _link_open(self, ev: Ev) -> None:
+        """An event of an open trace's link actions joins it (first trace that takes it)."""
+        if self._replay or ev.action not in self._linking:
+            return
+        for name, g in self._link_groups.get(ev.action, ()):
+            key = self._key(g.key, ev)
+            if key is None:
+                continue
+            tr = self.open.get((name, key))
+            if tr is not None and ev.t - tr.last_t <= g.gap_seconds:
+                self._add(tr, ev)
+                return
+
+    @staticmethod
+    def _key(kind: str, ev: Ev) -> str | None:
+        if kind == "ip":
+            return ev.ip
+        if kind == "user":
+            return ev.user
+        if kind == "user+ip":
+            return f"{ev.user} {ev.ip}" if ev.user and ev.ip else None
+        return f"{ev.host or '-'} {ev.program or '-'}"
+
+    # ---- address patterns ------------------------------------------------------------------------
+    def _addr(self, ip: str, t: int) -> _Addr:
+        a = self.addrs.get(ip)
+        if a is None:
+            if len(self.addrs) > 200_000:  # a flood of one-shot addresses: forget the quiet ones
+                self._forget_addrs()
+            a = self.addrs[ip] = _Addr(len(self._leaky), t)
+        return a
+
+    def _forget_addrs(self) -> None:
+        horizon = self._batch_max_t - self.rules.max_window
+        self.addrs = {ip: a for ip, a in self.addrs.items()
+                      if a.recent and a.recent[-1][0] >= horizon}
+        self.few = {ip: v for ip, v in self.few.items() if v[-1][0] >= horizon}
+
+    def _keep_few(self, ev: Ev, w: int) -> bool:
+        """Most addresses show up a few times and never again: until one could cross a
+        threshold, its events wait as plain tuples (which the garbage collector soon stops
+        scanning), and no state object is made."""
+        items = self.few.get(ev.ip)  # type: ignore[arg-type]
+        item = (ev.t, ev.id, ev.ts, ev.user, w, ev.action, ev.port)
+        user = ev.user
+        if items is None:
+            if w > self._first_safe or (user and user.startswith(self._canary_prefixes)):
+                return False
+            if len(self.few) > 200_000:
+                self._forget_addrs()
+            self.few[ev.ip] = (item,)  # type: ignore[index]
+            return True
+        weight = w
+        scanned = False
+        for x in items:
+            weight += x[4]
+            scanned = scanned or x[5] in self._scan_like
+        if (len(items) >= self._first_safe or weight > self._first_safe
+                or (user and user.startswith(self._canary_prefixes))
+                or (scanned and ev.action in self._login_actions)):
+            return False
+        self.few[ev.ip] = (*items, item)  # type: ignore[index]
+        return True
+
+    def _get(self, ip: str) -> _Addr | None:
+        """The state of an address; made now from its waiting events if it has none yet."""
+        a = self.addrs.get(ip)
+        if a is not None:
+            return a
+        items = self.few.pop(ip, None)
+        if items is None:
+            return None
+        a = self._addr(ip, items[0][0])
+        for t, eid, ts, user, w, action, port in items:  # by construction none can fire
+            old = Ev(eid, ts, t, None, None, action, ip, user, port, None)
+            if action == "firewall_block":
+                self._other(old, a)
+            else:
+                self._failure(old, a, w)
+        return a
+
+    def _weight(self, ev: Ev) -> int:
+        meta = ev.meta
+        if not meta:
+            return 1
+        if "duplicate_of" in meta:  # sshd and PAM logged one attempt: count it once
+            return 0
+        if ev.action == "auth_failure" and '"method": "publickey"' in meta:
+            return 0  # a declined key offer: clients try keys in turn
+        if '"repeat"' in meta:
+            m = _REPEAT.search(meta)
+            return int(m[1]) if m else 1
+        return 1
+
+    def _prepare(self) -> None:
+        """Thresholds as plain tuples: the per-event loop reads no dicts of parameters."""
+        r = self.rules
+        self._leaky = [(2 * i, p.params["capacity"], p.params["leak_seconds"], p)
+                       for i, p in enumerate(r.kind("leaky"))]
+        self._spaced = [(p.params["min_failures"], p.params["window_seconds"],
+                         p.params["min_median_gap"], p) for p in r.kind("spaced")]
+        self._spaced_min = min([x[0] for x in self._spaced] or [1 << 30])
+        self._spray = [(p.params["min_users"], p.params["window_seconds"], p)
+                       for p in r.kind("distinct-users")]
+        self._canary = [(p.params["user_prefixes"], p) for p in r.kind("canary-user")]
+        self._canary_prefixes = tuple(x for c, _ in self._canary for x in c)
+        self._stl = [(p.params["login_set"], p.params["window_seconds"], p)
+                     for p in r.kind("scan-then-login")]
+        self._scan_actions = frozenset(a for p in r.kind("scan-then-login")
+                                       for a in p.params["scan_actions"]) or frozenset({"scan"})
+        self._scan_like = self._scan_actions | {"firewall_block"}
+        self._login_actions = frozenset(a for p in r.kind("scan-then-login")
+                                        for a in p.params["login_set"])
+        # a few events of this total weight cannot overflow any bucket or reach any count
+        self._first_safe = min([cap for _, cap, _, _ in self._leaky]
+                               + [x[0] - 1 for x in self._spaced]
+                               + [x[0] - 1 for x in self._spray]
+                               + [p.params["min_ports"] - 1 for p in r.kind("distinct-ports")]
+                               or [0])
+
+    def _address_failure(self, ev: Ev) -> None:
+        ip = ev.ip
+        if ip is None:
+            return
+        w = self._weight(ev) if ev.meta else 1
+        a = self.addrs.get(ip)
+        if a is None:
+            if self._keep_few(ev, w):
+                return
+            a = self._get(ip) or self._addr(ip, ev.t)
+        self._failure(ev, a, w)
+
+    def _failure(self, ev: Ev, a: _Addr, w: int) -> None:
+        t = ev.t
+        recent = a.recent
+        recent.append((t, ev.id, ev.ts))  # joins the trace if one opens, counted or not
+        if len(recent) > 64:
+            del recent[:32]
+        if w == 0:
+            return
+        fails = a.fails
+        fails.append(t)
+        if w > 1:
+            fails.extend([t] * min(w - 1, 63))
+        if len(fails) > 64:
+            del fails[:32]
+        fired: list[tuple[Pattern, dict[str, Any]]] = []
+        lv = a.levels
+        for j, cap, leak, p in self._leaky:
+            level = lv[j] - (t - lv[j + 1]) / leak
+            level = (level if level > 0.0 else 0.0) + w
+            lv[j] = level
+            lv[j + 1] = t
+            if level > cap:
+                fired.append((p, {}))
+        if len(fails) >= self._spaced_min:
+            for n, window, min_gap, p in self._spaced:
+                if len(fails) >= n and t - fails[-n] <= window:
+                    last = fails[-n:]
+                    gaps = sorted(y - x for x, y in zip(last, last[1:], strict=False))
+                    if gaps[len(gaps) // 2] > min_gap:
+                        fired.append((p, {}))  # {count}: the trace's events
+        user = ev.user
+        if user:
+            users = a.users
+            if users is None:
+                users = a.users = {}
+            prev = users.get(user)
+            if prev is None and len(users) >= 256:
+                users.clear()  # a long enumeration: start counting again, it refires anyway
+            users[user] = t
+            if (prev is None or t - prev > 3600) and len(users) > 1:  # a new name
+                for min_users, window, p in self._spray:
+                    horizon = t - window
+                    n = sum(1 for v in users.values() if v >= horizon)
+                    if n >= min_users:
+                        fired.append((p, {"users": n}))
+            for prefixes, p in self._canary:
+                if user.startswith(prefixes):
+                    fired.append((p, {}))
+        if a.scan_t >= 0:
+            for login_set, window, p in self._stl:
+                if ev.action in login_set and 0 <= t - a.scan_t <= window:
+                    fired.append((p, {}))
+        if ev.action in self._scan_actions:
+            a.scan_t = t
+        if fired:
+            self._fire_address(ev, a, fired)
+
+    def _address_other(self, ev: Ev) -> bool:
+        """firewall drops, fail2ban verdicts: scans, recidive, port scans."""
+        if ev.ip is None:
+            return False
+        a = self.addrs.get(ev.ip)
+        if a is None:
+            if ev.action == "firewall_block" and self._keep_few(ev, 0):
+                return False
+            a = self._get(ev.ip) or self._addr(ev.ip, ev.t)
+        return self._other(ev, a)
+
+    def _other(self, ev: Ev, a: _Addr) -> bool:
+        t = ev.t
+        fired: list[tuple[Pattern, dict[str, Any]]] = []
+        if ev.action == "firewall_block":
+            a.scan_t = t
+            ports = a.ports
+            if ports is None:
+                ports = a.ports = {}
+            new_port = ev.port is not None and ev.port not in ports
+            if ev.port is not None:
+                if len(ports) > 4096:
+                    ports.clear()
+                ports[ev.port] = t
+            for p in self.rules.kind("distinct-ports") if new_port else ():
+                horizon = t - p.params["window_seconds"]
+                n = sum(1 for v in ports.values() if v >= horizon)
+                if n >= p.params["min_ports"]:
+                    fired.append((p, {"ports": n}))
+        elif ev.action == "f2b_unban":
+            a.unban_t = t
+        elif ev.action == "f2b_ban":
+            for p in self.rules.kind("recidive"):
+                if a.unban_t >= 0 and t - a.unban_t <= p.params["window_seconds"]:
+                    fired.append((p, {}))
+        a.recent.append((t, ev.id, ev.ts))
+        if len(a.recent) > 64:
+            del a.recent[:32]
+        return self._fire_address(ev, a, fired)
+
+    def _address_success(self, ev: Ev) -> bool:
+        if ev.ip is None:
+            return False
+        a = self._get(ev.ip)
+        if a is None:
+            return False
+        t = ev.t
+        fired: list[tuple[Pattern, dict[str, Any]]] = []
+        for p in self.rules.kind("success-after-failures"):
+            horizon = t - p.params["window_seconds"]
+            n = sum(1 for x in a.fails if x >= horizon)
+            if n >= p.params["min_failures"]:
+                fired.append((p, {"failures": n}))
+        for p in self.rules.kind("scan-then-login"):
+            if (a.scan_t >= 0 and 0 < t - a.scan_t <= p.params["window_seconds"]
+                    and "auth_success" in p.params["login_set"]):
+                fired.append((p, {}))
+        linked = self._fire_address(ev, a, fired)
+        # a login ends the run of failures: time-based patterns start over (CrowdSec cancel_on)
+        a.fails.clear()
+        return linked
+
+    def _fire_address(self, ev: Ev, a: _Addr, fired: list[tuple[Pattern, dict]]) -> bool:
+        if not fired:
+            return False
+        g = self.rules.traces["address"]
+        tr = self._trace("address", ev.ip or "", ev, g.gap_seconds, ip=ev.ip)
+        if tr is None:  # replaying: the stored trace already has these events
+            a.recent.clear()
+            return True
+        # the attempts that led here join the trace too (they may be in earlier batches)
+        horizon = ev.t - self.rules.max_window
+        for t, eid, ts in a.recent:
+            if (t >= horizon and eid != ev.id and t >= tr.last_t - g.gap_seconds
+                    and eid not in tr.events):
+                self._add(tr, None, eid)
+                if ts < tr.first_seen:
+                    tr.first_seen = ts
+        a.recent.clear()
+        for p, values in fired:
+            self._step(tr, p, ev, values)
+        self._add(tr, ev)
+        return True
+
+    # ---- user patterns ---------------------------------------------------------------------------
+    def _user_attack(self, ev: Ev) -> bool:
+        if not ev.user or not ev.ip or self._weight(ev) == 0:
+            return False
+        ips = self.user_ips.setdefault(ev.user, {})
+        if len(ips) > 4096:
+            ips.clear()
+        new_ip = ev.ip not in ips
+        ips[ev.ip] = ev.t
+        recent = self.user_recent.get(ev.user)
+        if recent is None:
+            recent = self.user_recent[ev.user] = deque(maxlen=64)
+        recent.append((ev.t, ev.id, ev.ts))
+        fired = []
+        tr = self.open.get(("user-attack", ev.user))
+        for p in self.rules.kind("distinct-ips"):
+            if ev.action not in p.on or not (new_ip or tr is not None):
+                continue
+            horizon = ev.t - p.params["window_seconds"]
+            n = sum(1 for v in ips.values() if v >= horizon)
+            if n >= p.params["min_ips"]:
+                fired.append((p, {"ips": n}))
+        if fired:
+            tr = self._trace("user-attack", ev.user, ev, self._gap("user-attack"), user=ev.user)
+            if tr is not None:
+                horizon = ev.t - max(p.params["window_seconds"] for p, _ in fired)
+                for t, eid, ts in recent:  # the attempts that made it a pattern join it
+                    if t >= horizon and eid != ev.id and eid not in tr.events:
+                        self._add(tr, None, eid)
+                        tr.first_seen = min(tr.first_seen, ts)
+                recent.clear()
+                for p, values in fired:
+                    self._step(tr, p, ev, values)
+                self._add(tr, ev)
+        return False  # the address's own trace, if any, claims the event first
+
+    def _login(self, ev: Ev) -> bool:
+        if not ev.user or not ev.ip:
+            return False
+        seen = self.logins.get(ev.user)
+        if seen is None:
+            self.logins[ev.user] = {ev.ip}
+            return False
+        if ev.ip in seen:
+            return False
+        seen.add(ev.ip)
+        fired = [(p, {}) for p in self.rules.kind("new-address")]
+        if not fired:
+            return False
+        tr = self._trace("login", f"{ev.user} {ev.ip}", ev, self._gap("login"), ip=ev.ip,
+                         user=ev.user)
+        if tr is None:
+            return False
+        for p, values in fired:
+            self._step(tr, p, ev, values)
+        # not claiming the event first: an address trace (login after failures) says more
+        self._add(tr, ev)
+        return False
+
+    def _privilege(self, ev: Ev) -> bool:
+        if not ev.user:
+            return False
+        fired = []
+        for p in self.rules.kind("each"):
+            if ev.action in p.on:
+                fired.append((p, {}))
+        for p in self.rules.kind("count"):
+            if ev.action not in p.on:
+                continue
+            d = self.user_fails.get(ev.user)
+            if d is None:
+                d = self.user_fails[ev.user] = deque(maxlen=64)
+            d.append((ev.t, ev.id, ev.ts))
+            horizon = ev.t - p.params["window_seconds"]
+            n = sum(1 for x in d if x[0] >= horizon)
+            if n >= p.params["min_count"] or ("privilege", ev.user) in self.open:
+                fired.append((p, {}))  # {count}: the trace's events
+        if not fired:
+            return False
+        tr = self._trace("privilege", ev.user, ev, self._gap("privilege"), user=ev.user)
+        if tr is None:
+            return True
+        d = self.user_fails.get(ev.user)
+        if d:  # the failures that made it a pattern join it
+            horizon = ev.t - max(p.params.get("window_seconds", 0) for p, _ in fired)
+            for t, eid, ts in d:
+                if t >= horizon and eid != ev.id and eid not in tr.events:
+                    self._add(tr, None, eid)
+                    tr.first_seen = min(tr.first_seen, ts)
+            d.clear()
+        for p, values in fired:
+            self._step(tr, p, ev, values)
+        self._add(tr, ev)
+        return True
+
+    def _account(self, ev: Ev) -> bool:
+        if not ev.user:
+            return False
+        meta = json.loads(ev.meta) if ev.meta else {}
+        fired = []
+        for p in self.rules.kind("uid0"):
+            if ev.action not in p.on:
+                continue
+            if (ev.action == "user_added" and str(meta.get("uid")) == "0") or (
+                    ev.action == "user_modified"
+                    and _UID_TO_0.search(str(meta.get("change", "")))):
+                fired.append((p, {}))
+        for p in self.rules.kind("admin-group"):
+            # the parser gives adds and removals one rule name; a removal is not an escalation
+            # (asked of the parsers: a field that says which, so this reads no raw text)
+            if ev.action in p.on and meta.get("group") in p.params["groups"] and not (
+                    ev.msg.startswith(("delete ", "remove ")) or " removed by " in ev.msg):
+                fired.append((p, {"group": meta.get("group")}))
+        if not fired:
+            return False
+        tr = self._trace("account", ev.user, ev, self._gap("account"), user=ev.user)
+        if tr is None:
+            return True
+        for p, values in fired:
+            self._step(tr, p, ev, values)
+        self._add(tr, ev)
+        return True
+
+    # ---- errors ----------------------------------------------------------------------------------
+    def _error(self, ev: Ev, error_type: str, severity: str) -> None:
+        key = f"{ev.host or '-'} {ev.program or '-'}"
+        rank = SEVERITY_RANK[severity]
+        bursts = [p for p in self.rules.kind("error-burst")
+                  if rank >= SEVERITY_RANK[p.params.get("min_severity", "info")]]
+        d = self.errors.get(key)
+        if d is None:
+            d = self.errors[key] = deque(maxlen=64)
+        if bursts:
+            d.append((ev.t, ev.id, ev.ts))
+        fired = []
+        for p in bursts:
+            horizon = ev.t - p.params["window_seconds"]
+            n = sum(1 for x in d if x[0] >= horizon)
+            if n >= p.params["min_count"]:
+                fired.append((p, {}))  # {count}: the trace's events
+        for p in self.rules.kind("serious-error"):
+            if SEVERITY_RANK[severity] >= SEVERITY_RANK[p.params["min_severity"]]:
+                fired.append((p, {"severity": severity}))
+        g = self.rules.traces["errors"]
+        tr = self.open.get(("errors", key))
+        if tr is not None and ev.t - tr.last_t > g.gap_seconds:
+            tr = None
+        if not fired and tr is None:
+            return
+        if self._replay:
+            return
+        if tr is None:
+            tr = self._trace("errors", key, ev, g.gap_seconds)
+            if tr is None:
+                return
+            horizon = ev.t - max([p.params.get("window_seconds", 0) for p, _ in fired] or [0])
+            for t, eid, ts in d:  # the errors that made the burst join it
+                if t >= horizon and eid != ev.id:
+                    self._add(tr, None, eid)
+                    self._error_links.append((tr, eid))
+                    tr.first_seen = min(tr.first_seen, ts)
+        d.clear()
+        for p, values in fired:
+            values.setdefault("error_type", error_type)
+            self._step(tr, p, ev, values)
+        self._add(tr, ev)
+        self._error_links.append((tr, ev.id))
+
+    # ---- traces ----------------------------------------------------------------------------------
+    def _gap(self, group: str) -> int:
+        return self.rules.traces[group].gap_seconds
+
+    def _trace(self, group: str, key: str, ev: Ev, gap: int, *, ip: str | None = None,
+               user: str | None = None) -> Trace | None:
+        """The open trace for (group, key), a new one if none is open; None when replaying."""
+        if self._replay:
+            return None
+        tr = self.open.get((group, key))
+        if tr is not None and ev.t - tr.last_t > gap:
+            self._close(tr)
+            tr = None
+        if tr is None:
+            tr = Trace(group, key, ev.ts, ev.ts, ev.t, ip=ip, user=user, host=ev.host)
+            self.open[(group, key)] = tr
+            self._linking = self._linking | self.rules.traces[group].link_set
+        return tr
+
+    def _step(self, tr: Trace, p: Pattern, ev: Ev, values: dict[str, Any]) -> None:
+        """Pattern p fired on ev for trace tr: a new step, or the same step again (cheap)."""
+        sev = values.pop("severity", None) or p.severity
+        if SEVERITY_RANK[sev] < SEVERITY_RANK[p.severity]:
+            sev = p.severity
+        rank = SEVERITY_RANK[sev]
+        if not tr.has_step(p.name):
+            step_title = p.render({"ip": ev.ip or tr.ip, "user": ev.user or tr.user,
+                                   "host": ev.host, "program": ev.program,
+                                   "count": tr.event_count + 1, **values})
+            tr.steps.append({"pattern": p.name, "event_id": ev.id, "at": ev.ts,
+                             "severity": sev, "title": step_title})
+            tr.signature_changed = True
+            if ev.user and p.kind in ("success-after-failures", "canary-user", "new-address"):
+                tr.user = ev.user
+        elif tr.title_pattern is not p and rank <= SEVERITY_RANK[tr.severity]:
+            return
+        # the title follows the worst step (the latest of equals); rendered once per flush
+        if rank >= SEVERITY_RANK[tr.severity] or tr.title_pattern is None:
+            tr.title_pattern = p
+            tr.title_values = {"ip": ev.ip or tr.ip, "user": ev.user or tr.user,
+                               "host": ev.host, "program": ev.program, **values}
+        if rank > SEVERITY_RANK[tr.severity]:
+            tr.severity = sev
+        tr.dirty = True
+
+    def _add(self, tr: Trace, ev: Ev | None, event_id: int | None = None) -> None:
+        eid = ev.id if ev is not None else event_id
+        if eid is None or self._replay:
+            return
+        tr.event_count += 1
+        self._added = eid
+        if len(tr.events) < MAX_EVENT_IDS:
+            tr.events.append(eid)
+        if ev is not None:
+            if ev.t >= tr.last_t:
+                tr.last_t, tr.last_seen = ev.t, ev.ts
+            if tr.host is None:
+                tr.host = ev.host
+        if eid not in self._links:
+            self._links[eid] = tr
+        tr.dirty = True
+
+    def _close(self, tr: Trace) -> None:
+        tr.dirty = True
+        self._closing.append(tr)
+        self.open.pop((tr.group, tr.key), None)
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def _flush(self, conn: Any) -> None:
+        # traces idle longer than their gap (in log time) close now
+        for (group, _key), tr in list(self.open.items()):
+            if self._batch_max_t - tr.last_t > self.rules.traces[group].gap_seconds:
+                self._close(tr)
+        closing = self._closing
+        touched = [tr for tr in self.open.values() if tr.dirty] + closing
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        for tr in touched:
+            tr.render_title()
+            if tr.id is None:
+                cur = conn.exec_driver_sql(
+                    "INSERT INTO event_traces (title, severity, pattern, first_seen, last_seen, "
+                    "ip_address, user, host, event_count, status, causality, created, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)",
+                    (tr.title or tr.group, tr.severity, tr.group, tr.first_seen, tr.last_seen,
+                     tr.ip, tr.user, tr.host, tr.event_count, tr.causality(), now, now))
+                tr.id = int(cur.lastrowid)
+        updates = [(tr.title or tr.group, tr.severity, tr.first_seen, tr.last_seen, tr.user,
+                    tr.host, tr.event_count, "closed" if tr in closing else "open",
+                    tr.causality(), now, tr.id) for tr in touched]
+        if updates:
+            conn.exec_driver_sql(
+                "UPDATE event_traces SET title = ?, severity = ?, first_seen = min(first_seen, ?),"
+                " last_seen = ?, user = coalesce(?, user), host = coalesce(host, ?), "
+                "event_count = ?, status = ?, causality = ?, updated = ? WHERE id = ?", updates)
+        if self._links:
+            # an event takes its first trace; a kernel-tracer 'context' trace (made for events
+            # no correlation had claimed yet) gives way to the incident the event belongs to
+            conn.exec_driver_sql(
+                "UPDATE log_events SET trace_id = ? WHERE id = ? AND (trace_id IS NULL OR "
+                "EXISTS (SELECT 1 FROM event_traces t WHERE t.id = log_events.trace_id AND "
+                "t.pattern = 'context'))",
+                [(tr.id, eid) for eid, tr in self._links.items() if isinstance(tr, Trace)])
+        if self._error_links:
+            conn.exec_driver_sql("UPDATE error_traces SET trace_id = ? WHERE event_id = ?",
+                                 [(tr.id, eid) for tr, eid in self._error_links])
+        for tr in touched:
+            if tr.signature_changed:
+                self._pattern_seen(conn, tr)
+                tr.signature_changed = False
+            tr.dirty = False
+        self._links = {}
+        self._error_links = []
+        self._closing = []
+        self._relink()
+
+    def _relink(self) -> None:
+        groups = {g for g, _ in self.open}
+        self._linking = frozenset().union(*(self.rules.traces[g].link_set for g in groups))
+
+    def _pattern_seen(self, conn: Any, tr: Trace) -> None:
+        names = [s["pattern"] for s in tr.steps]
+        signature = f"{tr.group}:" + ">".join(names)
+        desc = " then ".join(names) + f" ({tr.group} trace)"
+        conn.exec_driver_sql(
+            "INSERT INTO trace_patterns (name, signature, description, severity, occurrences, "
+            "first_seen, last_seen) VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(signature) DO "
+            "UPDATE SET occurrences = occurrences + 1, last_seen = max(last_seen, "
+            "excluded.last_seen), severity = excluded.severity",
+            (names[-1], signature, desc, tr.severity, tr.first_seen, tr.last_seen))
+
+    # ---- restart ---------------------------------------------------------------------------------
+    def rebuild(self, conn: Any, first_id: int) -> None:
+        """Rebuild memory from the database: open traces, then recent events replayed."""
+        self._reset()
+        groups = list(self.rules.traces)
+        marks = ",".join("?" for _ in groups)
+        for r in conn.exec_driver_sql(
+            "SELECT id, title, severity, pattern, first_seen, last_seen, ip_address, user, host,"
+            f" event_count, causality FROM event_traces WHERE status = 'open' AND pattern IN "
+            f"({marks})", tuple(groups),
+        ):
+            c = json.loads(r[10]) if r[10] else {}
+            key = c.get("key")
+            if key is None:
+                continue
+            tr = Trace(r[3], key, r[4], r[5], _epoch_of(r[5], self._cache), ip=r[6], user=r[7],
+                       host=r[8], id=r[0], title=r[1], severity=r[2], event_count=r[9],
+                       steps=list(c.get("steps", [])), events=list(c.get("events", [])),
+                       dirty=False)
+            self.open[(tr.group, key)] = tr
+        self._relink()
+        last = conn.exec_driver_sql(
+            "SELECT timestamp FROM log_events WHERE id = (SELECT max(id) FROM log_events "
+            "WHERE id < ?)", (first_id,)).first()
+        if last is None:
+            return
+        ref = _epoch_of(last[0], self._cache)
+        start = datetime.fromtimestamp(ref - self.rules.max_window, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ")
+        self._replay = True
+        try:
+            # who logged in from where (for "never seen" addresses), within retention
+            for user, ip in conn.exec_driver_sql(
+                    "SELECT DISTINCT user, ip_address FROM log_events WHERE action = "
+                    "'auth_success' AND id < ? AND user IS NOT NULL AND ip_address IS NOT "
+                    "NULL", (first_id,)):
+                self.logins.setdefault(user, set()).add(ip)
+            long_start = datetime.fromtimestamp(ref - self.rules.long_window, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ")
+            for ip, ts in conn.exec_driver_sql(
+                    "SELECT ip_address, max(timestamp) FROM log_events WHERE action = "
+                    "'f2b_unban' AND timestamp >= ? AND id < ? GROUP BY ip_address",
+                    (long_start, first_id)):
+                if ip:
+                    (self._get(ip) or self._addr(ip, ref)).unban_t = _epoch_of(ts, self._cache)
+            wanted = list(self._dispatch)
+            marks = ",".join("?" for _ in wanted)
+            cur = conn.exec_driver_sql(
+                "SELECT id, timestamp, host, program, action, ip_address, user, port, metadata "
+                f"FROM log_events WHERE timestamp >= ? AND id < ? AND action IN ({marks}) "
+                "ORDER BY timestamp, id", (start, first_id, *wanted))
+            for r in cur:
+                ev = Ev(r[0], r[1], _epoch_of(r[1], self._cache), r[2], r[3], r[4], r[5], r[6],
+                        r[7], r[8])
+                handlers = [h for h in self._dispatch[ev.action] if h != self._login]
+                self._event(ev, handlers)
+            for r in conn.exec_driver_sql(
+                    "SELECT e.id, e.timestamp, e.host, e.program, x.error_type, x.severity "
+                    "FROM error_traces x JOIN log_events e ON e.id = x.event_id "
+                    "WHERE x.timestamp >= ? AND e.id < ? ORDER BY e.timestamp, e.id",
+                    (start, first_id)):
+                ev = Ev(r[0], r[1], _epoch_of(r[1], self._cache), r[2], r[3], "error", None,
+                        None, None, None)
+                self._error(ev, r[4], r[5])
+        finally:
+            self._replay = False
+            self._links = {}
+            self._error_links = []
+
+
+# ---- wiring -------------------------------------------------------------------------------------
+def make_hooks(config: Any) -> list[BatchHook]:
+    """The batch hooks for write_batch: classification, then correlation (which reads the
+    classification of the same batch). `config` is a logly.config.Config; its [correlation]
+    table can turn either off or point at other rule files."""
+    from logly.tracer.classify import Classifier, store_classified
+    from logly.tracer.patterns import load_rules, settings
+
+    s = settings(config.sections.get("correlation", {}))
+    if not s.enabled:
+        return []
+    classifier = Classifier.load(s.errors) if s.classify else None
+    correlator = Correlator(load_rules(s.rules))
+    handoff: dict[str, tuple[int, list[Classified]]] = {}
+
+    def classify_hook(conn: Any, rows: Sequence[tuple], first_id: int) -> None:
+        hits = classifier.classify_rows(rows) if classifier else []
+        store_classified(conn, rows, first_id, hits)
+        handoff["batch"] = (first_id, hits)
+
+    def correlate_hook(conn: Any, rows: Sequence[tuple], first_id: int) -> None:
+        batch = handoff.pop("batch", None)
+        hits = batch[1] if batch and batch[0] == first_id else None
+        correlator.hook(conn, rows, first_id, hits)
+
+    classify_hook.correlator = correlator  # type: ignore[attr-defined]  # for tests/bench
+    correlate_hook.correlator = correlator  # type: ignore[attr-defined]
+    return [classify_hook, correlate_hook]

@@ -1,0 +1,649 @@
+"""The eBPF tracer: process, TCP and syscall context from kernel tracepoints (BCC).
+
+The C in bpf/*.c attaches to sched:sched_process_{fork,exec,exit}, syscalls:sys_enter_execve
+(argv), syscalls:sys_enter_exit_group (exit code), sock:inet_sock_set_state and
+raw_syscalls:sys_{enter,exit}; events come through one BPF ring buffer drained by a thread of
+ours. The caches here outlive the processes and sockets by `keep_seconds`, so a log line written
+by a process that has already exited still finds its exe, argv, parent and exit code.
+
+`open_tracer(settings)` returns this tracer when it can attach, else the /proc tracer
+(procfs.py) after one warning that says why.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes as ct
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from logly.errors import ConfigError
+from logly.tracer.containers import container_of
+from logly.tracer.procfs import (
+    TCP_STATES,
+    Conn,
+    ProcfsTracer,
+    ProcInfo,
+    live_pids,
+    norm_addr,
+    read_process,
+)
+
+log = logging.getLogger("logly.tracer")
+
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
+BPF_SOURCES = ("common.c", "syscalls.c", "process.c", "tcp.c")  # order: definitions first
+BCC_PATH = "/usr/lib/python3/dist-packages"  # python3-bpfcc; PyPI's "bcc" is another thing
+
+EV_FORK, EV_EXEC, EV_EXIT, EV_TCP, EV_SLOW = 1, 2, 3, 4, 5
+KIND_NAMES = {EV_FORK: "fork", EV_EXEC: "exec", EV_EXIT: "exit", EV_TCP: "tcp", EV_SLOW: "slow"}
+MAXARGS, ARGLEN, FILENAME_LEN, COMM_LEN, FAIL_SLOTS = 20, 256, 256, 16, 16
+MAX_STATES = 12  # state changes kept per socket (bpf/tcp.c)
+
+
+# ---- settings ([tracer] in the config) --------------------------------------------------------
+@dataclass(frozen=True)
+class TracerSettings:
+    enabled: bool = True
+    mode: str = "auto"  # auto | ebpf | procfs
+    keep_seconds: float = 300.0  # how long exited processes and closed sockets stay known
+    max_processes: int = 65536
+    max_connections: int = 65536
+    failed_syscalls: bool = True  # count failed syscalls (raw_syscalls:sys_exit, every syscall)
+    slow_syscalls: bool = False  # time the syscalls of linked pids: one more probe per syscall
+    slow_syscall_ms: float = 10.0
+    ringbuf_pages: int = 2048  # 8 MiB: ~1,500 execs with full argv between two drains
+    drain_ms: float = 50.0  # how often the ring buffer is read (and before each linked batch)
+    failed_pids: int = 16384  # processes whose failed syscalls the kernel map holds
+    link_host: bool = True  # link only events whose host is this machine (or unset)
+
+
+def parse_settings(table: dict[str, Any]) -> TracerSettings:
+    """Validate the [tracer] table; ConfigError names the bad key."""
+    defaults = TracerSettings()
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if not hasattr(defaults, key):
+            raise ConfigError(f"[tracer] unknown key {key!r}")
+        want = type(getattr(defaults, key))
+        if want is bool:
+            if not isinstance(raw, bool):
+                raise ConfigError(f"[tracer] {key} must be true or false")
+            values[key] = raw
+        elif want is str:
+            if raw not in ("auto", "ebpf", "procfs"):
+                raise ConfigError(f"[tracer] mode must be auto, ebpf or procfs, not {raw!r}")
+            values[key] = raw
+        else:
+            if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
+                raise ConfigError(f"[tracer] {key} must be a positive number")
+            values[key] = want(raw)
+    return TracerSettings(**values)
+
+
+def open_tracer(settings: TracerSettings | None = None) -> EbpfTracer | ProcfsTracer:
+    """The eBPF tracer, started, if it can run here; else the /proc one (warning once why)."""
+    s = settings or TracerSettings()
+    if s.mode == "procfs":
+        return ProcfsTracer()
+    reason = ebpf_unavailable()
+    if reason is None:
+        tracer = EbpfTracer(s)
+        try:
+            tracer.start()
+            return tracer
+        except Exception as exc:  # compile or attach failure: say what the kernel said
+            reason = f"BCC could not load the probes: {str(exc).strip().splitlines()[-1]}"
+    if s.mode == "ebpf":
+        raise ConfigError(f"[tracer] mode = 'ebpf' but {reason}")
+    log.warning("tracer: eBPF unavailable (%s); using /proc (live processes only)", reason)
+    return ProcfsTracer(reason)
+
+
+def ebpf_unavailable() -> str | None:
+    """Why eBPF cannot run here, or None. Checks what scripts/ebpf-setup.sh provides."""
+    if os.geteuid() != 0:
+        return "not running as root"
+    if not (Path("/sys/kernel/tracing/events").is_dir()
+            or Path("/sys/kernel/debug/tracing/events").is_dir()):
+        return "tracefs is not mounted at /sys/kernel/tracing"
+    build = Path("/lib/modules") / os.uname().release / "build"
+    if not build.exists():
+        return f"no kernel headers at {build} (run scripts/ebpf-setup.sh)"
+    try:
+        _import_bcc()
+    except ImportError as exc:
+        return f"BCC's Python module is missing ({exc}; install python3-bpfcc)"
+    return None
+
+
+def _import_bcc() -> Any:
+    import sys
+
+    try:
+        import bcc
+    except ImportError:
+        if BCC_PATH in sys.path or not Path(BCC_PATH, "bcc").is_dir():
+            raise
+        sys.path.append(BCC_PATH)  # last: never shadow the venv's own packages
+        import bcc
+    return bcc
+
+
+def _release_compiler_memory() -> None:
+    """Give back what compiling the probes touched: ~100 MB of LLVM/clang pages and heap.
+
+    BCC links the whole compiler into the process; after the probes are loaded none of it
+    runs again, but its touched pages would stay in our RSS. MADV_PAGEOUT (Linux 5.4) drops
+    them from this process (they refault if ever needed); malloc_trim returns freed heap."""
+    try:
+        libc = ct.CDLL("libc.so.6", use_errno=True)
+        libc.malloc_trim(0)
+        libc.madvise.argtypes = [ct.c_void_p, ct.c_size_t, ct.c_int]
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            maps = f.read().splitlines()
+    except OSError:
+        return
+    for line in maps:
+        parts = line.split()
+        if len(parts) < 6 or not any(k in parts[5] for k in ("libLLVM", "libclang", "libz3")):
+            continue
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        libc.madvise(lo, hi - lo, 21)  # MADV_PAGEOUT; EINVAL on older kernels: harmless
+
+
+# ---- the kernel's records, as ctypes mirrors of bpf/*.c -------------------------------------
+class _ForkEv(ct.Structure):
+    _fields_ = [("kind", ct.c_uint32), ("pid", ct.c_uint32), ("ppid", ct.c_uint32),
+                ("uid", ct.c_uint32), ("ts", ct.c_uint64), ("cgroup", ct.c_uint64),
+                ("comm", ct.c_char * COMM_LEN)]
+
+
+class _Argv(ct.Structure):
+    _fields_ = [("argc", ct.c_uint32), ("truncated", ct.c_uint32),
+                ("args", (ct.c_char * ARGLEN) * MAXARGS)]
+
+
+class _ExecEv(ct.Structure):
+    _fields_ = [("kind", ct.c_uint32), ("pid", ct.c_uint32), ("old_pid", ct.c_uint32),
+                ("uid", ct.c_uint32), ("ts", ct.c_uint64), ("cgroup", ct.c_uint64),
+                ("comm", ct.c_char * COMM_LEN), ("filename", ct.c_char * FILENAME_LEN),
+                ("argv", _Argv)]
+
+
+class _ExitEv(ct.Structure):
+    _fields_ = [("kind", ct.c_uint32), ("pid", ct.c_uint32), ("tid", ct.c_uint32),
+                ("group_dead", ct.c_uint32), ("code", ct.c_int32), ("has_code", ct.c_uint32),
+                ("ts", ct.c_uint64)]
+
+
+class _ConnT(ct.Structure):
+    _fields_ = [("skaddr", ct.c_uint64), ("first_ts", ct.c_uint64), ("last_ts", ct.c_uint64),
+                ("pid", ct.c_uint32), ("nstates", ct.c_uint32), ("sport", ct.c_uint16),
+                ("dport", ct.c_uint16), ("family", ct.c_uint16), ("first_old", ct.c_uint16),
+                ("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16),
+                ("comm", ct.c_char * COMM_LEN), ("states", ct.c_uint8 * MAX_STATES),
+                ("ts", ct.c_uint64 * MAX_STATES)]
+
+
+class _Endpoint(ct.Structure):
+    _fields_ = [("addr", ct.c_uint8 * 16), ("port", ct.c_uint16), ("pad1", ct.c_uint16),
+                ("pad2", ct.c_uint32)]
+
+
+class _EpSocks(ct.Structure):
+    _fields_ = [("local", ct.c_uint64), ("remote", ct.c_uint64)]
+
+
+class _TcpEv(ct.Structure):
+    _fields_ = [("kind", ct.c_uint32), ("pad", ct.c_uint32), ("c", _ConnT)]
+
+
+class _SlowEv(ct.Structure):
+    _fields_ = [("kind", ct.c_uint32), ("pid", ct.c_uint32), ("tid", ct.c_uint32),
+                ("nr", ct.c_uint32), ("ret", ct.c_int64), ("ts", ct.c_uint64),
+                ("duration_ns", ct.c_uint64)]
+
+
+class _FailSlot(ct.Structure):
+    _fields_ = [("nr", ct.c_uint32), ("err", ct.c_uint32), ("count", ct.c_uint64)]
+
+
+class _Fail(ct.Structure):
+    _fields_ = [("s", _FailSlot * FAIL_SLOTS), ("other", ct.c_uint64)]
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _arg(raw: bytes) -> str:
+    # the kernel copied at most ARGLEN - 1 bytes: a full slot means the argument was cut
+    return _text(raw) + ("…" if len(raw) >= ARGLEN - 1 else "")
+
+
+# ---- caches -------------------------------------------------------------------------------
+class ProcessCache:
+    """pid -> ProcInfo for live processes and, for keep_seconds, exited ones.
+
+    One generation back is kept per pid (`previous`), so a late line from a process whose pid
+    was already reused still finds the right one by time.
+    """
+
+    def __init__(self, keep_seconds: float, max_entries: int) -> None:
+        self.keep = keep_seconds
+        self.max = max_entries
+        self.procs: dict[int, ProcInfo] = {}
+        self.previous: dict[int, ProcInfo] = {}
+        self.exited: collections.deque[tuple[float, int]] = collections.deque()
+        self.evicted = 0  # live entries dropped because the cache was full
+
+    def get(self, pid: int) -> ProcInfo | None:
+        return self.procs.get(pid)
+
+    def at(self, pid: int, when: float, slack: float) -> ProcInfo | None:
+        for info in (self.procs.get(pid), self.previous.get(pid)):
+            if info is None:
+                continue
+            if info.start is not None and when < info.start - slack:
+                continue
+            if info.exit is not None and when > info.exit + self.keep:
+                continue
+            return info
+        return None
+
+    def put(self, info: ProcInfo) -> None:
+        old = self.procs.get(info.pid)
+        if old is not None and old.exit is not None:
+            self.previous[info.pid] = old
+        self.procs[info.pid] = info
+        if len(self.procs) > self.max:
+            self._shrink()
+
+    def mark_exit(self, pid: int, when: float, code: int | None) -> None:
+        info = self.procs.get(pid)
+        if info is None:
+            return
+        info.exit = when
+        info.exit_code = code
+        self.exited.append((when, pid))
+
+    def drop(self, pid: int) -> None:
+        self.procs.pop(pid, None)
+
+    def prune(self, now: float) -> None:
+        horizon = now - self.keep
+        while self.exited and self.exited[0][0] < horizon:
+            _, pid = self.exited.popleft()
+            info = self.procs.get(pid)
+            if info is not None and info.exit is not None and info.exit < horizon:
+                del self.procs[pid]
+            prev = self.previous.get(pid)
+            if prev is not None and prev.exit is not None and prev.exit < horizon:
+                del self.previous[pid]
+
+    def _shrink(self) -> None:
+        # exited first (oldest first), then the oldest inserted live entries
+        while self.exited and len(self.procs) > self.max:
+            _, pid = self.exited.popleft()
+            info = self.procs.get(pid)
+            if info is not None and info.exit is not None:
+                del self.procs[pid]
+        while len(self.procs) > self.max:
+            del self.procs[next(iter(self.procs))]
+            self.evicted += 1
+
+
+class ConnCache:
+    """Closed TCP sockets, indexed by both endpoints, kept keep_seconds after they closed.
+    (Live sockets stay in the kernel's maps and are read when asked for.)"""
+
+    def __init__(self, keep_seconds: float, max_entries: int) -> None:
+        self.keep = keep_seconds
+        self.max = max_entries
+        self.index: dict[tuple[str | None, int | None], list[Conn]] = {}
+        self.closed: collections.deque[Conn] = collections.deque()
+        self.evicted = 0
+
+    def add(self, conn: Conn) -> None:
+        for key in {(conn.local_address, conn.local_port),
+                    (conn.remote_address, conn.remote_port)}:
+            if key[1]:
+                self.index.setdefault(key, []).append(conn)
+        self.closed.append(conn)
+        if len(self.closed) > self.max:
+            self._unindex(self.closed.popleft())
+            self.evicted += 1
+
+    def lookup(self, addr: str, port: int) -> list[Conn]:
+        return list(self.index.get((addr, port), ()))
+
+    def prune(self, now: float) -> None:
+        horizon = now - self.keep
+        while self.closed and (self.closed[0].closed or 0) < horizon:
+            self._unindex(self.closed.popleft())
+
+    def _unindex(self, conn: Conn) -> None:
+        for key in {(conn.local_address, conn.local_port),
+                    (conn.remote_address, conn.remote_port)}:
+            lst = self.index.get(key)
+            if lst is None:
+                continue
+            lst[:] = [c for c in lst if c is not conn]
+            if not lst:
+                del self.index[key]
+
+
+def _addr_text(family: int, raw: Any) -> str:
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, bytes(raw)[:4])
+    text = socket.inet_ntop(socket.AF_INET6, bytes(raw))
+    # a dual-stack listener ([::]) sees IPv4 peers as ::ffff:a.b.c.d
+    return text[7:] if text.startswith("::ffff:") and "." in text else text
+
+
+def _addr_key(addr: str) -> bytes | None:
+    """The 16 bytes the kernel's endpoint map keys this address by (IPv4: 4 + 12 zeros)."""
+    try:
+        return socket.inet_pton(socket.AF_INET, addr) + bytes(12)
+    except OSError:
+        pass
+    try:
+        return socket.inet_pton(socket.AF_INET6, addr)
+    except OSError:
+        return None
+
+
+# ---- the tracer ---------------------------------------------------------------------------
+class EbpfTracer(ProcfsTracer):
+    mode = "ebpf"
+
+    def __init__(self, settings: TracerSettings | None = None) -> None:
+        super().__init__(None)
+        self.settings = s = settings or TracerSettings()
+        self.cache = ProcessCache(s.keep_seconds, s.max_processes)
+        self.conns = ConnCache(s.keep_seconds, s.max_connections)
+        self.bpf: Any = None
+        self._failed: Any = None
+        self._traced: Any = None
+        self._endpoints: Any = None
+        self._socks: Any = None
+        self._lookup: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self._mono_to_epoch = 0.0
+        # cgroup v2 id -> container, trusted only on a pure v2 host (on hybrid hosts the v1
+        # hierarchies, which the id does not cover, may name the container)
+        self._cgroups: dict[int, str | None] | None = \
+            {} if Path("/sys/fs/cgroup/cgroup.controllers").exists() else None
+        self.events = collections.Counter()  # kind name -> events handled
+        self.errors = 0  # events we could not decode or apply
+        self._syscall_names: dict[int, str] = {}
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        bcc = _import_bcc()
+        s = self.settings
+        text = "".join((BPF_DIR / name).read_text(encoding="utf-8") for name in BPF_SOURCES)
+        cflags = [f"-DRINGBUF_PAGES={s.ringbuf_pages}", f"-DFAIL_PIDS={s.failed_pids}",
+                  f"-DMAX_SOCKS={s.max_connections}", f"-DMAX_STATES={MAX_STATES}",
+                  f"-DMAXARGS={MAXARGS}", f"-DARGLEN={ARGLEN}"]
+        if not s.failed_syscalls:
+            cflags.append("-DNO_FAILED")
+        if s.slow_syscalls:
+            cflags.append(f"-DSLOW_NS={int(s.slow_syscall_ms * 1e6)}ULL")
+        self.bpf = bcc.BPF(text=text.encode(), cflags=cflags)
+        _release_compiler_memory()
+        self._failed = self.bpf[b"failed"]
+        self._traced = self.bpf[b"traced"]
+        self._endpoints = self.bpf[b"endpoints"]
+        self._socks = self.bpf[b"socks"]
+        self._lookup = bcc.libbcc.lib.bpf_lookup_elem
+        self._mono_to_epoch = time.time() - time.monotonic()
+        self.bpf[b"events"].open_ring_buffer(self._on_event)
+        self._seed()  # after attaching: a process started in between is seen by both
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, name="logly-tracer", daemon=True)
+        self._thread.start()
+        log.info("tracer: eBPF attached (%d tracepoints)", self.bpf.num_open_tracepoints())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+            self._failed = self._traced = self._endpoints = self._socks = None
+
+    def _seed(self) -> None:
+        for pid in live_pids():
+            if pid in self.cache.procs:
+                continue
+            info = read_process(pid)
+            if info is not None:
+                with self._lock:
+                    self.cache.procs.setdefault(pid, info)
+
+    def _poll(self) -> None:
+        last_prune = 0.0
+        while not self._stop.wait(self.settings.drain_ms / 1000):
+            self.sync()
+            now = time.monotonic()
+            if now - last_prune >= 1.0:
+                epoch = now + self._mono_to_epoch
+                with self._lock:
+                    self.cache.prune(epoch)
+                    self.conns.prune(epoch)
+                last_prune = now
+
+    def sync(self) -> None:
+        """Handle every event the ring buffer holds now. The link hook calls this first, so a
+        line is linked against everything the kernel saw before the line was stored."""
+        if self.bpf is None:
+            return
+        with self._drain_lock:  # the poll thread and the hook's thread: one reader at a time
+            try:
+                self.bpf.ring_buffer_consume()
+            except Exception:  # keep going: one bad read must not stop the tracer
+                self.errors += 1
+                log.exception("tracer: ring buffer read failed")
+
+    # ---- events -------------------------------------------------------------------------------
+    def _on_event(self, _ctx: Any, data: Any, _size: int) -> int:
+        try:
+            kind = ct.cast(data, ct.POINTER(ct.c_uint32))[0]
+            with self._lock:
+                if kind == EV_EXEC:
+                    self._exec(ct.cast(data, ct.POINTER(_ExecEv)).contents)
+                elif kind == EV_FORK:
+                    self._fork(ct.cast(data, ct.POINTER(_ForkEv)).contents)
+                elif kind == EV_EXIT:
+                    self._exit(ct.cast(data, ct.POINTER(_ExitEv)).contents)
+                elif kind == EV_TCP:
+                    self._tcp(ct.cast(data, ct.POINTER(_TcpEv)).contents)
+                elif kind == EV_SLOW:
+                    self._slow(ct.cast(data, ct.POINTER(_SlowEv)).contents)
+            self.events[KIND_NAMES.get(kind, "other")] += 1
+        except Exception:
+            self.errors += 1
+            log.exception("tracer: could not handle an event")
+        return 0
+
+    def _epoch(self, ns: int) -> float:
+        return ns / 1e9 + self._mono_to_epoch
+
+    def _fork(self, e: _ForkEv) -> None:
+        parent = self.cache.get(e.ppid)
+        info = ProcInfo(pid=e.pid, ppid=e.ppid, uid=e.uid, comm=_text(e.comm),
+                        start=self._epoch(e.ts), source="ebpf")
+        if parent is not None:  # a fork runs the parent's program until it execs
+            info.exe, info.argv, info.container = parent.exe, parent.argv, parent.container
+        self.cache.put(info)
+
+    def _exec(self, e: _ExecEv) -> None:
+        info = self.cache.get(e.pid)
+        when = self._epoch(e.ts)
+        if info is None or info.exit is not None:
+            # its fork came before we attached (or was lost): /proc still knows the parent
+            info = read_process(e.pid) if info is None else None
+            if info is None:
+                info = ProcInfo(pid=e.pid, start=when)
+            self.cache.put(info)
+        info.uid = e.uid
+        info.comm = _text(e.comm)
+        info.exe = _text(e.filename) or None
+        n = min(e.argv.argc, MAXARGS)
+        argv = [_arg(e.argv.args[i].value) for i in range(n)]
+        if e.argv.truncated:
+            argv.append("…")
+        info.argv = argv or None
+        info.source = "ebpf"
+        info.container = self._container(e.pid, e.cgroup, info.container)
+        if e.old_pid != e.pid:  # a thread called exec: it became the leader
+            self.cache.drop(e.old_pid)
+
+    def _container(self, pid: int, cgroup: int, inherited: str | None) -> str | None:
+        cache = self._cgroups
+        if cache is not None and cgroup in cache:
+            return cache[cgroup]
+        found = container_of(pid)
+        if found is None and not Path(f"/proc/{pid}").exists():
+            return inherited  # already gone: its parent's is the best guess
+        if cache is not None:
+            if len(cache) > 4096:
+                cache.clear()
+            cache[cgroup] = found
+        return found
+
+    def _exit(self, e: _ExitEv) -> None:
+        when = self._epoch(e.ts)
+        if e.tid != e.pid:
+            self.cache.drop(e.tid)  # the thread's own entry (threads are forks too)
+        if e.group_dead:
+            self.cache.mark_exit(e.pid, when, e.code if e.has_code else None)
+
+    def _tcp(self, e: _TcpEv) -> None:
+        self.conns.add(self._conn(e.c))
+
+    def _conn(self, c: _ConnT) -> Conn:
+        n = min(c.nstates, MAX_STATES)
+        first = self._epoch(c.first_ts)
+        states = [(first, TCP_STATES.get(c.first_old, str(c.first_old)))]
+        states += [(self._epoch(c.ts[i]), TCP_STATES.get(c.states[i], str(c.states[i])))
+                   for i in range(n)]
+        if c.nstates > n:
+            states.append((self._epoch(c.last_ts), f"+{c.nstates - n} more"))
+        last = self._epoch(c.last_ts)
+        return Conn(key=c.skaddr, pid=c.pid or None, comm=_text(c.comm) or None,
+                    local_address=_addr_text(c.family, c.saddr) if c.sport else None,
+                    local_port=c.sport or None,
+                    remote_address=_addr_text(c.family, c.daddr) if c.dport else None,
+                    remote_port=c.dport or None, states=states, first=first, last=last,
+                    closed=last if states[-1][1] == "CLOSE" else None)
+
+    def _live_conns(self, addr: str, port: int) -> list[Conn]:
+        # raw map lookups: one syscall each, without the per-call Python of bcc's tables
+        raw = _addr_key(addr)
+        if raw is None:
+            return []
+        key, socks = _Endpoint(), _EpSocks()
+        ct.memmove(key.addr, raw, 16)
+        key.port = port
+        if self._lookup(self._endpoints.map_fd, ct.byref(key), ct.byref(socks)) < 0:
+            return []
+        out: list[Conn] = []
+        for sk in {socks.local, socks.remote} - {0}:
+            conn = _ConnT()
+            if self._lookup(self._socks.map_fd, ct.byref(ct.c_uint64(sk)), ct.byref(conn)) == 0:
+                out.append(self._conn(conn))
+        return out
+
+    def _slow(self, e: _SlowEv) -> None:
+        info = self.cache.get(e.pid)
+        if info is not None and len(info.slow) < 32:
+            info.slow.append({"syscall": self._syscall_name(e.nr), "ret": e.ret,
+                              "ms": round(e.duration_ns / 1e6, 3), "at": self._epoch(e.ts)})
+
+    # ---- lookups ------------------------------------------------------------------------------
+    def process(self, pid: int) -> ProcInfo | None:
+        return self.cache.get(pid)
+
+    def known(self, pid: int) -> bool:
+        return pid in self.cache.procs or pid in self.cache.previous
+
+    def process_at(self, pid: int, when: float, slack: float = 2.0) -> ProcInfo | None:
+        return self.cache.at(pid, when, slack)
+
+    def connections(self, addr: str, port: int) -> list[Conn]:
+        """Sockets with this endpoint (remote: a server's view; local: a client's), closed ones
+        from the cache, live ones read from the kernel's maps now."""
+        addr = norm_addr(addr)
+        with self._lock:
+            found = self.conns.lookup(addr, port)
+        if self._endpoints is not None:
+            seen = {c.key for c in found}
+            found += [c for c in self._live_conns(addr, port) if c.key not in seen]
+        return found
+
+    def failed_syscalls(self, pid: int) -> dict[str, int]:
+        """{"openat:EACCES": 3, ...} for this process, read from the kernel map now."""
+        if self._failed is None:
+            return {}
+        try:
+            raw = self._failed[self._failed.Key(pid)]
+        except KeyError:
+            return {}
+        val = ct.cast(ct.byref(raw), ct.POINTER(_Fail)).contents
+        out: dict[str, int] = {}
+        for slot in val.s:
+            if slot.count:
+                name = f"{self._syscall_name(slot.nr)}:{errno.errorcode.get(slot.err, slot.err)}"
+                out[name] = out.get(name, 0) + int(slot.count)
+        if val.other:
+            out["other"] = int(val.other)
+        return out
+
+    def watch(self, pid: int) -> None:
+        """Time this process's syscalls from now on (slow ones are kept with the process)."""
+        if self._traced is not None:
+            # a full map raises: the pids watched first keep their slots
+            with contextlib.suppress(Exception):
+                self._traced[self._traced.Key(pid)] = self._traced.Leaf(1)
+
+    def _syscall_name(self, nr: int) -> str:
+        name = self._syscall_names.get(nr)
+        if name is None:
+            from bcc.syscall import syscall_name
+
+            name = self._syscall_names[nr] = _text(syscall_name(nr))
+        return name
+
+    def lost(self) -> dict[str, int]:
+        """Events the ring buffer had no room for, by kind (kernel counters)."""
+        if self.bpf is None:
+            return {}
+        table = self.bpf[b"lost"]
+        return {name: int(table[table.Key(k)].value) for k, name in KIND_NAMES.items()}
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            procs, exited = len(self.cache.procs), len(self.cache.exited)
+            conns = len(self.conns.closed)
+        return {
+            "mode": self.mode, "reason": None, "events": dict(self.events),
+            "lost": self.lost(), "errors": self.errors, "processes": procs,
+            "exited_kept": exited, "closed_connections_kept": conns,
+            "evicted": self.cache.evicted + self.conns.evicted,
+        }

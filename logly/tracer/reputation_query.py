@@ -1,0 +1,339 @@
+"""The read side of reputation: one address or network explained (`logly ip`), and the worst
+addresses ranked (`logly ips`).
+
+Both read what the batch hook stored and apply the decay for the current time, so the two
+commands always agree with each other. Every query is an index lookup (`ip_reputation` by
+address or /64, `log_events` by address and time, `event_traces` by address), so the cost does
+not grow with the size of the database; a CIDR query sums the host rows inside it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from logly.errors import UsageError
+from logly.parsers.addresses import normalize_ip
+from logly.store.sqlite import SQLiteStore
+from logly.tracer.reputation import BANS_KEPT, Reputation, fade_age, net64
+
+RECENT_EVENTS = 10
+RECENT_TRACES = 10
+_SELECT = ("SELECT address, score, verdict, first_seen, last_seen, evidence, counts, users, "
+           "geo, asn, blocklists, updated, base_score, last_attack, net FROM ip_reputation ")
+_ROW_KEYS = ("address", "score", "verdict", "first_seen", "last_seen", "evidence", "counts",
+             "users", "geo", "asn", "blocklists", "updated", "base_score", "last_attack", "net")
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str  # canonical: an address, or a network in CIDR form
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+
+    @property
+    def is_host(self) -> bool:
+        return self.network is None
+
+
+def parse_target(text: str) -> Target:
+    """An address or a CIDR as a user types it; UsageError (exit 2) for anything else."""
+    raw = text.strip()
+    if "/" not in raw:
+        addr = normalize_ip(raw)
+        if addr is None:
+            raise UsageError(f"not an IP address or network: {text!r}",
+                             hint="e.g. 203.0.113.7, 2001:db8::1, 203.0.113.0/24, "
+                                  "2001:db8:1:2::/64")
+        return Target(addr)
+    try:
+        net = ipaddress.ip_network(raw, strict=False)
+    except ValueError:
+        raise UsageError(f"not an IP address or network: {text!r}",
+                         hint="a network is ADDRESS/PREFIX, e.g. 203.0.113.0/24") from None
+    if net.num_addresses == 1:
+        return Target(str(net.network_address))
+    return Target(str(net), net)
+
+
+def _row(r: Any) -> dict[str, Any]:
+    d = dict(zip(_ROW_KEYS, r, strict=True))
+    for k in ("evidence", "counts", "users", "geo", "asn", "blocklists"):
+        d[k] = json.loads(d[k]) if d[k] else None
+    return d
+
+
+def members_in(conn: Any, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[dict]:
+    """Host rows inside `net`, found through an index range and checked exactly."""
+    if net.version == 6:
+        if net.prefixlen >= 64:
+            rows = conn.exec_driver_sql(_SELECT + "WHERE net = ?",
+                                        (net64(str(net.network_address)),))
+        else:
+            rows = conn.exec_driver_sql(_SELECT + "WHERE net IS NOT NULL")
+    else:
+        octets = str(net.network_address).split(".")
+        keep = net.prefixlen // 8  # whole octets shared by every member, as a text prefix
+        if keep == 0:
+            rows = conn.exec_driver_sql(_SELECT + "WHERE address NOT LIKE '%:%' "
+                                        "AND address NOT LIKE '%/%'")
+        else:
+            prefix = ".".join(octets[:keep]) + "."
+            # '/' sorts right after '.': [prefix, prefix-with-'/') is every text starting so
+            rows = conn.exec_driver_sql(_SELECT + "WHERE address >= ? AND address < ?",
+                                        (prefix, prefix[:-1] + "/"))
+    out = []
+    for r in rows:
+        if "/" in r[0]:
+            continue
+        try:
+            if ipaddress.ip_address(r[0]) in net:
+                out.append(_row(r))
+        except ValueError:
+            continue
+    return out
+
+
+def sum_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, int]]:
+    """States of several hosts added up (for a network): counters, users, ports, bans."""
+    state: dict[str, Any] = {"events": 0}
+    users: dict[str, int] = {}
+    bans: set[tuple[str, str]] = set()
+    for r in rows:
+        s = r["counts"] or {}
+        state["events"] += s.get("events", 0)
+        for name in ("actions", "counters", "logins", "ports"):
+            dst = state.setdefault(name, {})
+            for k, v in s.get(name, {}).items():
+                dst[k] = dst.get(k, 0) + v
+        for k in ("compromise", "users_over", "ports_over"):
+            if s.get(k):
+                state[k] = state.get(k, 0) + s[k]
+        bans.update(tuple(b) for b in s.get("bans", []))
+        for u, v in (r["users"] or {}).items():
+            users[u] = users.get(u, 0) + v
+    if bans:
+        state["bans"] = [list(b) for b in sorted(bans, reverse=True)[:BANS_KEPT]]
+    return state, users
+
+
+def _evidence(rep: Reputation, stored: list[list[Any]], facts: dict[str, float],
+              score: float, base: float, age: float | None) -> list[dict[str, Any]]:
+    per_user = 0.0
+    if facts.get("users"):
+        per_user = rep.model.attempts(facts) / facts["users"]
+    ctx = {"users": int(facts.get("users", 0)), "per_user": per_user,
+           "compromise_after": rep.model.compromise_after, "hosts": int(facts.get("hosts", 0)),
+           "lists": ", ".join(facts.get("_lists", []))}  # type: ignore[arg-type]
+    out = [{"feature": name, "count": n, "points": pts, "text": rep.model.explain(name, n, ctx)}
+           for name, n, pts in stored]
+    if base > 0 and age is not None and score != base:
+        days = age / 86400
+        out.append({"feature": "decay", "count": round(days, 2), "points": round(score - base, 3),
+                    "text": f"last attack {days:.1f} days ago, half-life "
+                            f"{rep.half_life / 86400:g} days: x{score / base:.3f}"})
+    return out
+
+
+def _score(rep: Reputation, row: dict[str, Any], now: datetime) -> tuple[float, float | None]:
+    age = fade_age(row["last_attack"] or row["last_seen"], bool(row["blocklists"]), now)
+    base = row["base_score"] or 0.0
+    return round(base * rep.model.decay(age, rep.half_life), 3), age
+
+
+def ip_report(store: SQLiteStore, rep: Reputation, target: Target, now: datetime, *,
+              recent: int = RECENT_EVENTS) -> dict[str, Any] | None:
+    """Everything `logly ip` shows, or None if the address/network was never seen."""
+    with store.engine.connect() as conn:
+        if target.is_host:
+            r = conn.exec_driver_sql(_SELECT + "WHERE address = ?", (target.text,)).first()
+            members: list[dict[str, Any]] = []
+            row = _row(r) if r else None
+            if row is None:
+                seen = conn.exec_driver_sql("SELECT 1 FROM log_events WHERE ip_address = ? "
+                                            "LIMIT 1", (target.text,)).first()
+                if not seen:
+                    return None
+            addresses = [target.text]
+        else:
+            assert target.network is not None
+            row = None
+            if target.network.version == 6 and target.network.prefixlen == 64:
+                r = conn.exec_driver_sql(_SELECT + "WHERE address = ?", (target.text,)).first()
+                row = _row(r) if r else None
+            members = members_in(conn, target.network)
+            if row is None and not members:
+                return None
+            addresses = [m["address"] for m in members]
+            if row is None:  # sum the hosts that are not allowlisted
+                counted = [m for m in members if m["verdict"] != "allowlisted"]
+                state, users = sum_rows(counted)
+                lists = sorted({b for m in counted for b in m["blocklists"] or []})
+                hosts = sum(1 for m in counted if m["last_attack"])
+                scored = rep.score_row(state, users, lists, hosts, False, None, now)
+                seen = counted or members
+                row = {"address": target.text, "counts": state, "users": users,
+                       "evidence": scored.evidence, "base_score": scored.base,
+                       "blocklists": lists,
+                       "first_seen": min(m["first_seen"] for m in seen),
+                       "last_seen": max(m["last_seen"] for m in seen),
+                       "last_attack": max((m["last_attack"] for m in counted
+                                           if m["last_attack"]), default=None),
+                       "geo": None, "asn": None, "verdict": None, "net": None}
+        out = _report(rep, row, target, now)
+        out["events"] = _recent_events(conn, addresses, recent)
+        out["traces"] = _traces(conn, addresses)
+        if members:
+            out["members"] = [{"address": m["address"], "score": _score(rep, m, now)[0],
+                               "verdict": m["verdict"], "last_seen": m["last_seen"]}
+                              for m in members]
+            out["members"].sort(key=lambda m: (-m["score"], m["address"]))
+        if target.is_host and ":" in target.text:
+            nr = conn.exec_driver_sql(_SELECT + "WHERE address = ?",
+                                      (net64(target.text),)).first()
+            if nr:
+                n = _row(nr)
+                out["network"] = {"address": n["address"], "score": _score(rep, n, now)[0],
+                                  "members": (n["counts"] or {}).get("members")}
+    return out
+
+
+def _report(rep: Reputation, row: dict[str, Any] | None, target: Target, now: datetime
+            ) -> dict[str, Any]:
+    if row is None:  # events stored while reputation was off
+        return {"address": target.text, "score": None, "verdict": "unscored",
+                "base_score": None, "first_seen": None, "last_seen": None,
+                "last_attack": None, "evidence": [], "counts": {}, "counters": {},
+                "users": {}, "logins": {}, "ports": {}, "bans": {"count": 0, "recent": []},
+                "geo": None, "asn": None, "blocklists": [], "allowlisted": False,
+                "note": "events are stored but not scored: run `logly ip ADDR --recompute`"}
+    state = row["counts"] or {}
+    users = row["users"] or {}
+    lists = row["blocklists"] or []
+    allowlisted = row["verdict"] == "allowlisted"
+    score, age = _score(rep, row, now)
+    facts = rep.model.facts(state, users, lists)
+    facts["_lists"] = lists  # type: ignore[assignment]
+    base = row["base_score"] or 0.0
+    verdict = rep.model.verdict(score, base, facts, allowlisted)
+    counters = state.get("counters", {})
+    return {
+        "address": row["address"],
+        "score": score,
+        "verdict": verdict,
+        "base_score": base,
+        "first_seen": row["first_seen"],
+        "last_seen": row["last_seen"],
+        "last_attack": row["last_attack"],
+        "half_life_days": rep.half_life / 86400,
+        "evidence": _evidence(rep, row["evidence"] or [], facts, score, base, age),
+        "counts": dict(sorted(state.get("actions", {}).items(), key=lambda kv: -kv[1])),
+        "counters": counters,
+        "users": dict(sorted(users.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "users_total": int(facts.get("users", 0)),
+        "logins": state.get("logins", {}),
+        "ports": dict(sorted(state.get("ports", {}).items(), key=lambda kv: -kv[1])),
+        "bans": {"count": counters.get("f2b_ban", 0),
+                 "recent": [{"timestamp": t, "jail": j} for t, j in state.get("bans", [])]},
+        "geo": row["geo"],
+        "asn": row["asn"],
+        "blocklists": lists,
+        "allowlisted": allowlisted,
+        "events_total": state.get("events", 0),
+    }
+
+
+def _recent_events(conn: Any, addresses: list[str], limit: int) -> list[dict[str, Any]]:
+    if not addresses or limit <= 0:
+        return []
+    cols = ("id", "timestamp", "host", "program", "action", "ip_address", "user", "port",
+            "message", "path", "offset", "trace_id")
+    sql = ('SELECT e.id, e.timestamp, e.host, e.program, e.action, e.ip_address, e.user, '
+           'e.port, e.message, f.path, e."offset", e.trace_id FROM log_events e '
+           "LEFT JOIN source_files f ON f.id = e.file_id ")
+    if len(addresses) == 1:
+        rows = conn.exec_driver_sql(sql + "WHERE e.ip_address = ? ORDER BY e.timestamp DESC, "
+                                    "e.id DESC LIMIT ?", (addresses[0], limit)).all()
+    else:  # newest `limit` of each member, then the newest of those
+        rows = []
+        for a in addresses[:1000]:
+            rows += conn.exec_driver_sql(sql + "WHERE e.ip_address = ? ORDER BY e.timestamp "
+                                         "DESC, e.id DESC LIMIT ?", (a, limit)).all()
+        rows = heapq.nlargest(limit, rows, key=lambda r: (r[1], r[0]))
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def _traces(conn: Any, addresses: list[str]) -> list[dict[str, Any]]:
+    cols = ("id", "title", "severity", "first_seen", "last_seen", "ip_address", "user",
+            "event_count")
+    out = []
+    for a in addresses[:1000]:
+        out += conn.exec_driver_sql(
+            "SELECT id, title, severity, first_seen, last_seen, ip_address, user, event_count "
+            "FROM event_traces WHERE ip_address = ? ORDER BY last_seen DESC LIMIT ?",
+            (a, RECENT_TRACES)).all()
+    out = heapq.nlargest(RECENT_TRACES, out, key=lambda r: (r[4], r[0]))
+    return [dict(zip(cols, r, strict=True)) for r in out]
+
+
+def top(store: SQLiteStore, rep: Reputation, n: int, since: str | None, now: datetime
+        ) -> list[dict[str, Any]]:
+    """The `n` addresses with the highest score now, among those seen since `since`.
+
+    A /64 row is listed when more than one of its hosts was seen (otherwise it repeats its
+    only host), and then stands for its hosts: those ranked below it are not listed again
+    (`logly ip PREFIX/64` lists them). Ties: higher base score, more recent, the address.
+    """
+    sql = ("SELECT address, base_score, coalesce(last_attack, last_seen), last_seen, verdict, "
+           "blocklists, net FROM ip_reputation")
+    params: tuple = ()
+    if since:
+        sql += " WHERE last_seen >= ?"
+        params = (since,)
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(sql, params).all()
+        ranked = []
+        for address, base, start, last, verdict, lists, net in rows:
+            age = fade_age(start, bool(lists), now)
+            score = round((base or 0.0) * rep.model.decay(age, rep.half_life), 3)
+            ranked.append((score, base or 0.0, last or "", address, verdict, net))
+        ranked.sort(key=lambda t: t[3])  # stable sorts, last key first
+        ranked.sort(key=lambda t: t[2], reverse=True)
+        ranked.sort(key=lambda t: (t[0], t[1]), reverse=True)
+        out = []
+        listed_nets: set[str] = set()
+        for score, base, _last, address, verdict, net in ranked:
+            if len(out) >= n:
+                break
+            if net is not None and net in listed_nets:
+                continue
+            r = _row(conn.exec_driver_sql(_SELECT + "WHERE address = ?", (address,)).first())
+            state = r["counts"] or {}
+            if "/" in address:
+                if (state.get("members") or 0) < 2:
+                    continue
+                listed_nets.add(address)
+            counters = state.get("counters", {})
+            users = r["users"] or {}
+            facts = rep.model.facts(state, users, r["blocklists"] or [])
+            out.append({
+                "address": address,
+                "score": score,
+                "verdict": rep.model.verdict(score, base, facts, verdict == "allowlisted"),
+                "base_score": base,
+                "first_seen": r["first_seen"],
+                "last_seen": r["last_seen"],
+                "last_attack": r["last_attack"],
+                "events": state.get("events", 0),
+                "attempts": rep.model.attempts(counters),
+                "users": int(facts.get("users", 0)),
+                "country": (r["geo"] or {}).get("country_code"),
+                "asn": (r["asn"] or {}).get("asn"),
+                "org": (r["asn"] or {}).get("org"),
+                "blocklists": r["blocklists"] or [],
+                "members": state.get("members"),
+            })
+    return out
