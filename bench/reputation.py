@@ -17,8 +17,9 @@ Part 2 builds a database of --events events directly (executemany through
 SQLiteStore.write_batch with the reputation hook, no parsing) from --addresses addresses with
 a heavy-tailed distribution, then times `logly ip` in-process (`logly.cli.main`, JSON out,
 after one warm-up call so imports are not counted) for the busiest address, a typical one, a
-/64, a /24 and an address never seen, and `logly ips --top 20`; and once as a new process
-(interpreter start and imports included). Not a test: figures depend on the machine.
+/64, a /24 and an address never seen, and `logly ips --top 20`; the query alone
+(`ip_report` on an open store); and once as a new process (interpreter start and imports
+included). Not a test: figures depend on the machine.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ import ipaddress
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -75,16 +77,25 @@ def write_blocklist(path: Path, entries: int, seed: int = 3) -> None:
 
 
 class TimedHook:
-    """The reputation hook, with the wall time spent inside it added up."""
+    """The reputation hook, with the wall time and the CPU time spent inside it added up (on a
+    busy machine the two differ: wall time includes waiting for a core)."""
 
     def __init__(self, hook: Reputation) -> None:
-        self.hook, self.seconds, self.calls = hook, 0.0, 0
+        self.hook, self.seconds, self.cpu_seconds, self.calls = hook, 0.0, 0.0, 0
 
     def __call__(self, conn, rows, first_id) -> None:  # type: ignore[no-untyped-def]
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         self.hook(conn, rows, first_id)
         self.seconds += time.perf_counter() - t
+        self.cpu_seconds += time.thread_time() - c
         self.calls += 1
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its waited-for children (the parser process)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def ingest_once(log: Path, db: Path, rules: RuleSet, hooks: list) -> dict:
@@ -93,17 +104,19 @@ def ingest_once(log: Path, db: Path, rules: RuleSet, hooks: list) -> dict:
     store = SQLiteStore(db)
     store.init()
     inp = open_input(str(log))
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), _cpu()
     try:
         s = ingest_input(store, rules, inp, year=2025, hooks=hooks)
     finally:
         inp.close()
     seconds = time.perf_counter() - t
+    cpu = _cpu() - cpu
     with store.engine.connect() as conn:
         reps = conn.exec_driver_sql("SELECT count(*) FROM ip_reputation").scalar_one()
     store.close()
     return {"lines": s.lines, "events": s.events, "seconds": round(seconds, 2),
-            "lines_per_second": round(s.lines / seconds), "reputation_rows": reps}
+            "lines_per_second": round(s.lines / seconds), "cpu_seconds": round(cpu, 2),
+            "reputation_rows": reps}
 
 
 def part1(args: argparse.Namespace, work: Path) -> dict:
@@ -137,6 +150,8 @@ def part1(args: argparse.Namespace, work: Path) -> dict:
             r = ingest_once(log, work / f"{mode}.db", rules, hooks)
             if timed:
                 r["hook_seconds"] = round(timed.seconds, 2)
+                r["hook_cpu_seconds"] = round(timed.cpu_seconds, 2)
+                r["hook_cpu_us_per_line"] = round(timed.cpu_seconds / r["lines"] * 1e6, 2)
                 r["hook_calls"] = timed.calls
                 r["setup_seconds"] = round(load, 2)  # blocklist parse + GeoIP open
                 hook_seconds.append(timed.seconds)
@@ -144,9 +159,16 @@ def part1(args: argparse.Namespace, work: Path) -> dict:
             print(f"  {mode:>3}: {r}", flush=True)
     off = statistics.median(r["lines_per_second"] for r in runs["off"])
     on = statistics.median(r["lines_per_second"] for r in runs["on"])
+    # pairwise (each "on" against the "off" run next to it) is less exposed to drift in load
+    pairs = [round((a["seconds"] / b["seconds"] - 1) * 100, 1)
+             for a, b in zip(runs["on"], runs["off"], strict=True)]
+    cpu_off = statistics.median(r["cpu_seconds"] for r in runs["off"])
+    cpu_on = statistics.median(r["cpu_seconds"] for r in runs["on"])
     return {"lines": args.lines, "attackers": args.attackers, "blocklist_entries": args.blocklist,
             "runs": runs, "off_lines_per_second": off, "on_lines_per_second": on,
-            "slowdown_percent": round((off - on) * 100 / off, 1)}
+            "slowdown_percent": round((off - on) * 100 / off, 1),
+            "pairwise_slowdown_percent": pairs,
+            "cpu_overhead_percent": round((cpu_on - cpu_off) * 100 / cpu_off, 1)}
 
 
 # ---- part 2: a big database -------------------------------------------------------------------
@@ -225,19 +247,39 @@ def _cli_main():  # type: ignore[no-untyped-def]
     return main
 
 
+def _stats(times: list[float]) -> dict:
+    first, rest = times[0], sorted(times[1:])
+    return {"first_ms": round(first, 1), "median_ms": round(statistics.median(rest), 1),
+            "p95_ms": round(rest[max(0, int(len(rest) * 0.95) - 1)], 1),
+            "max_ms": round(rest[-1], 1)}
+
+
 def time_cli(main, argv: list[str], repeat: int) -> dict:  # type: ignore[no-untyped-def]
+    """`logly ...` in-process: typer, config, model file, a new engine, query, output."""
     times, code = [], None
     for _ in range(repeat + 1):  # the first call warms imports and the page cache
         buf = io.StringIO()
         t = time.perf_counter()
-        with redirect_stdout(buf):
+        with redirect_stdout(buf), redirect_stderr(io.StringIO()):
             code = main(argv)
         times.append((time.perf_counter() - t) * 1000)
-    first, rest = times[0], sorted(times[1:])
-    return {"exit": int(code), "first_ms": round(first, 1),
-            "median_ms": round(statistics.median(rest), 1),
-            "p95_ms": round(rest[int(len(rest) * 0.95) - 1 if len(rest) > 1 else 0], 1),
-            "max_ms": round(rest[-1], 1), "bytes": len(buf.getvalue())}
+    return {"exit": int(code), **_stats(times), "bytes": len(buf.getvalue())}
+
+
+def time_library(db: Path, target: str, repeat: int) -> dict:
+    """The query alone (`ip_report` on an open store), as the daemon or an API would call it."""
+    from logly.tracer.reputation import load_for_cli
+    from logly.tracer.reputation_query import ip_report, parse_target
+
+    store = SQLiteStore(db)
+    rep = load_for_cli(None)
+    times, found = [], None
+    for _ in range(repeat + 1):
+        t = time.perf_counter()
+        found = ip_report(store, rep, parse_target(target), datetime.now(UTC))
+        times.append((time.perf_counter() - t) * 1000)
+    store.close()
+    return {"found": found is not None, **_stats(times)}
 
 
 def part2(args: argparse.Namespace, work: Path) -> dict:
@@ -274,10 +316,13 @@ def part2(args: argparse.Namespace, work: Path) -> dict:
     if net:
         cases["net_64"] = ["ip", net, "--json"]
     cases["ips_top20"] = ["ips", "--top", "20", "--json"]
-    results = {}
+    results, library = {}, {}
     for name, argv in cases.items():
         results[name] = time_cli(main, argv + base, args.repeat)
         print(f"  {name:>13}: {results[name]}", flush=True)
+        if argv[0] == "ip" and "--json" in argv:
+            library[name] = time_library(db, argv[1], args.repeat)
+            print(f"  {'':>13}  query alone: {library[name]}", flush=True)
     code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
             "from logly.cli import app, main; from logly.cli_ip import register; "
             "any(c.name == 'ip' for c in app.registered_commands) or register(app); "
@@ -288,7 +333,7 @@ def part2(args: argparse.Namespace, work: Path) -> dict:
     process_ms = (time.perf_counter() - t) * 1000
     return {"db": str(db), "events": events, "reputation_rows": rows, "built": built,
             "busiest": busiest, "busiest_events": busiest_events, "typical": typical,
-            "in_process": results, "new_process_ms": round(process_ms),
+            "in_process": results, "query_alone": library, "new_process_ms": round(process_ms),
             "new_process_exit": proc.returncode}
 
 
@@ -315,7 +360,9 @@ def main() -> None:
             out["ingest"] = part1(args, work)
             i = out["ingest"]
             print(f"off {i['off_lines_per_second']:,} lines/s, on {i['on_lines_per_second']:,} "
-                  f"lines/s: slowdown {i['slowdown_percent']}%", flush=True)
+                  f"lines/s: slowdown {i['slowdown_percent']}% (pairwise "
+                  f"{i['pairwise_slowdown_percent']}), CPU overhead "
+                  f"{i['cpu_overhead_percent']}%", flush=True)
         if not args.skip_db:
             print("part 2: `logly ip` latency", flush=True)
             out["ip"] = part2(args, work)

@@ -21,7 +21,7 @@ AUTH = (
 )
 
 COMMANDS = [["init"], ["ingest"], ["events"], ["stats"], ["rules", "test"], ["rules", "list"],
-            ["report", "daily"], ["cleanup"]]
+            ["report", "daily"], ["cleanup"], ["traces"], ["trace"]]
 
 
 @pytest.fixture

@@ -514,3 +514,111 @@ def test_incident_takes_events_from_a_context_trace(tmp_path: Path, store: SQLit
     feed(store, rules, hooks, tmp_path / "b.log", failures("203.0.113.5", 4, start=10))
     (t,) = [t for t in traces(store) if t["pattern"] == "address"]
     assert scalar(store, "SELECT count(*) FROM log_events WHERE trace_id = ?", t["id"]) == 8
+
+
+def test_daemon_killed_mid_attack_keeps_one_trace(tmp_path: Path) -> None:
+    """The real daemon with the hooks follows a file; SIGKILL after 4 attempts (below the
+    threshold), a new daemon process, 4 more attempts: one brute-force trace of 8 events."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log, db, cfg = tmp_path / "auth.log", tmp_path / "l.db", tmp_path / "logly.toml"
+    cfg.write_text("")
+    log.write_text("")
+    child = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from logly.config import SourceSpec, load_config\n"
+        "from logly.daemon import DaemonOptions, run_daemon\n"
+        "from logly.tracer.correlate import make_hooks\n"
+        f"opts = DaemonOptions(config_path=Path({str(cfg)!r}), db=Path({str(db)!r}),\n"
+        f"    follow=[SourceSpec.parse({str(log)!r})], from_start=True, tracer=False)\n"
+        f"sys.exit(run_daemon(opts, make_hooks(load_config({str(cfg)!r}))))\n")
+
+    def events() -> int:
+        if not db.exists():
+            return 0
+        try:
+            with SQLiteStore(db).engine.connect() as conn:
+                return conn.exec_driver_sql("SELECT count(*) FROM log_events").scalar_one()
+        except Exception:
+            return 0
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 30
+        while events() < n:
+            assert time.monotonic() < deadline, f"daemon stored {events()} of {n} events"
+            time.sleep(0.1)
+
+    def append(lines: list[str]) -> None:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write("".join(x + "\n" for x in lines))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    first = subprocess.Popen([sys.executable, "-c", child], env=env, stderr=subprocess.DEVNULL)
+    try:
+        append(failures("203.0.113.5", 4))
+        wait_for(4)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    second = subprocess.Popen([sys.executable, "-c", child], env=env, stderr=subprocess.DEVNULL)
+    try:
+        append(failures("203.0.113.5", 4, start=10, pid=7000))
+        wait_for(8)  # traces commit in the same transaction as the events
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    store = SQLiteStore(db)
+    (t,) = traces(store)
+    assert (t["steps"], t["event_count"]) == (["brute-force"], 8)
+    assert scalar(store, "SELECT count(*) FROM log_events WHERE trace_id = ?", t["id"]) == 8
+    store.close()
+
+
+def test_an_older_file_read_later_does_not_fire_on_one_attempt(tmp_path: Path,
+                                                               store: SQLiteStore,
+                                                               rules: RuleSet,
+                                                               hooks: list) -> None:
+    # today's auth.log first, then yesterday's rotated auth.log.1: time goes backwards
+    feed(store, rules, hooks, tmp_path / "auth.log",
+         failures("203.0.113.5", 5, start=86400, step=2))
+    feed(store, rules, hooks, tmp_path / "auth.log.1", failures("203.0.113.5", 1, start=0))
+    assert traces(store) == []
+
+
+def test_rotated_file_read_after_the_current_one_extends_the_trace(
+        tmp_path: Path, store: SQLiteStore, rules: RuleSet, hooks: list) -> None:
+    # an attack across log rotation; `logly ingest auth.log auth.log.1` reads the newer half
+    # first, then later lines of the same day move the batch time past the trace's gap
+    feed(store, rules, hooks, tmp_path / "auth.log",
+         failures("203.0.113.5", 8, start=100) + [
+             line(3 * 3600, "sshd[1]", "Accepted publickey for alice from 192.0.2.44 port 1 "
+                  "ssh2: ED25519 SHA256:x")])
+    feed(store, rules, hooks, tmp_path / "auth.log.1", failures("203.0.113.5", 6, start=0))
+    (t,) = traces(store)
+    assert t["event_count"] == 14 and t["first_seen"] == "2026-11-24T10:00:00.000000Z"
+
+
+def test_classify_can_be_turned_off(tmp_path: Path, store: SQLiteStore, rules: RuleSet) -> None:
+    hooks = make_hooks(Cfg({"classify": False}))
+    feed(store, rules, hooks, tmp_path / "syslog", [
+        line(0, "kernel", "I/O error, dev sda, sector 2048 op 0x1:(WRITE) flags 0x800 "
+             "phys_seg 1 prio class 2"), *failures("203.0.113.5", 6, start=1)])
+    assert scalar(store, "SELECT count(*) FROM error_traces") == 0
+    assert [t["steps"] for t in traces(store)] == [["brute-force"]]
+
+
+def test_recurring_shapes_are_counted_in_trace_patterns(tmp_path: Path, store: SQLiteStore,
+                                                        rules: RuleSet, hooks: list) -> None:
+    lines = failures("203.0.113.5", 6) + failures("203.0.113.6", 6, start=100, pid=5000) + \
+        [line(200, "sshd[9]", "Accepted password for root from 203.0.113.6 port 1 ssh2")]
+    feed(store, rules, hooks, tmp_path / "auth.log", lines)
+    with store.engine.connect() as conn:
+        rows = dict(conn.exec_driver_sql(
+            "SELECT signature, occurrences FROM trace_patterns").all())
+    # both traces went through brute-force; one went on to a login
+    assert rows == {"address:brute-force": 2,
+                    "address:brute-force>login-after-failures": 1}

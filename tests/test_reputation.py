@@ -568,6 +568,22 @@ def test_top_since_filters_old_addresses(world: dict) -> None:
     assert len(top(store, rep, 3, None, now)) == 3
 
 
+def test_top_reads_few_rows_and_ranks_like_a_full_read(world: dict) -> None:
+    """`logly ips` stops reading once the stored score bounds out the rest; same answer."""
+    from logly.tracer.reputation_query import _listing, _ranked
+
+    store = world["store"]
+    rep = Reputation.from_config(load_config(world["cfg"]))
+    now = datetime.now(UTC) + timedelta(days=3)  # scores have faded since they were stored
+    with store.engine.connect() as conn:
+        full, complete = _ranked(conn, rep, None, now, 0)
+        assert complete
+        part, complete = _ranked(conn, rep, None, now, 3)
+        assert not complete and len(part) == 3
+        for n in (1, 2, 3, 5, 40):
+            assert top(store, rep, n, None, now) == _listing(conn, rep, full, n)
+
+
 def test_ip_lists_the_traces_of_the_address(world: dict, cli: Callable) -> None:
     conn = sqlite3.connect(world["db"])
     conn.execute("INSERT INTO event_traces (title, severity, first_seen, last_seen, ip_address, "

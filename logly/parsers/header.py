@@ -151,22 +151,19 @@ class HeaderParser:
         if c.isalpha():
             m = _FAST_3164.match(line)
             if m:
-                stamp = m[1]
+                stamp, host, prog, pid, msg = m.groups()
                 ts = self._cache.get(stamp)
                 if ts is None:
                     mon, day, clock = stamp.split()
                     ts = self.time_3164(mon, day, clock)
                 if ts is not None:
-                    pid = m[4]
-                    prog = m[3]
                     if "/" in prog:
                         prog = _prog(prog)
-                    msg = m[5]
                     if msg[:4] == "[ID ":  # Solaris: "sshd[1]: [ID 800047 auth.info] msg"
                         mi = _SOLARIS_ID.match(msg)
                         if mi:
                             msg = msg[mi.end():]
-                    return Header(ts, m[2], prog, int(pid) if pid else None, msg)
+                    return Header(ts, host, prog, int(pid) if pid else None, msg)
         elif c.isdigit():
             m = _FAST_ISO.match(line)
             if m:

@@ -61,25 +61,22 @@ class LineParser:
         head = self.headers.parse(line)
         if head is None:
             return Outcome(None, reason="no syslog/fail2ban header" if line.strip() else "empty")
-        ts = head.timestamp
+        ts, host, program, pid, message, _, bare = head
         meta: dict = {}
         if ts is None:
             ts = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             meta["time_from"] = "ingest"
         if cut:
             meta["truncated_from"] = cut
-        message = head.message
         if message[:1] == " ":
             message = message.lstrip(" ")
-        if head.bare is not None:  # "TIME word rest": a tag, or the first word of a message?
-            out = self.parse_fields(ts, head.host, head.program, head.pid, message, dict(meta),
-                                    path, offset)
+        if bare is not None:  # "TIME word rest": a tag, or the first word of a message?
+            out = self.parse_fields(ts, host, program, pid, message, dict(meta), path, offset)
             if out.rule is not None:
                 return out
-            alt = self.parse_fields(ts, head.host, None, None, head.bare, meta, path, offset)
+            alt = self.parse_fields(ts, host, None, None, bare, meta, path, offset)
             return alt if alt.rule is not None else out
-        return self.parse_fields(ts, head.host, head.program, head.pid, message, meta, path,
-                                 offset)
+        return self.parse_fields(ts, host, program, pid, message, meta, path, offset)
 
     def parse_fields(
         self, ts: str, host: str | None, program: str | None, pid: int | None, message: str,
@@ -88,11 +85,11 @@ class LineParser:
         """A message whose header is already split (a syslog header, or journal fields)."""
         if program == "kernel":
             message = strip_kernel_uptime(message)
-        source = "fail2ban" if program and program.startswith("fail2ban") else "syslog"
+        source = "fail2ban" if program and program[:8] == "fail2ban" else "syslog"
         ev = LogEvent(ts, source, message, "info", level, host, program, pid,
                       None, None, None, None, meta, path, offset)
         text = message
-        if text.startswith("message repeated "):
+        if text[:17] == "message repeated ":
             m = _REPEAT.match(text)
             if m:
                 meta["repeat"] = int(m[1])

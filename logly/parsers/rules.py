@@ -156,7 +156,40 @@ class Candidate:
 
 # What the per-line loop walks: (the pattern's bound `match`, its candidate), in trial order.
 Tries = list[tuple[Callable[[str], "re.Match[str] | None"], Candidate]]
-_Index = tuple[dict[str, list[Candidate]], list[Candidate], dict[str, Tries], Tries]
+MAX_KEYS = 4096  # remembered message keys per program; keys come from attacker text
+
+
+def _tries(bucket: list[Candidate]) -> Tries:
+    return [(c.compiled.regex.match, c) for c in bucket]
+
+
+class _Index(dict):
+    """Message key (its first KEY_LEN characters) -> the patterns to try, in file order.
+
+    A pattern can only match a message that starts with its literal prefix, so a pattern whose
+    prefix is KEY_LEN long or more sits under that key only, and one with a shorter prefix
+    ("Did", "(", or none) under each key that starts with it. Keys met for the first time are
+    worked out from the short-prefix patterns and remembered.
+    """
+
+    def __init__(self, cands: list[Candidate]) -> None:
+        super().__init__()
+        self.short = [c for c in cands if len(c.compiled.literal_prefix) < KEY_LEN]
+        order = {id(c): i for i, c in enumerate(cands)}
+        keyed: dict[str, list[Candidate]] = {}
+        for c in cands:
+            pre = c.compiled.literal_prefix
+            if len(pre) >= KEY_LEN:
+                keyed.setdefault(pre[:KEY_LEN], []).append(c)
+        for k, v in keyed.items():
+            bucket = v + [c for c in self.short if k.startswith(c.compiled.literal_prefix)]
+            self[k] = _tries(sorted(bucket, key=lambda c: order[id(c)]))
+
+    def __missing__(self, key: str) -> Tries:
+        found = _tries([c for c in self.short if key.startswith(c.compiled.literal_prefix)])
+        if len(self) < MAX_KEYS:
+            self[key] = found
+        return found
 
 
 class RuleSet:
@@ -176,49 +209,23 @@ class RuleSet:
                             self._wild.append(cand)
                         else:
                             specific.setdefault(prog, []).append(cand)
-        self._wild_index = self._index(self._wild)
+        self._wild_index = _Index(self._wild)
         # no program known (a bare message): every rule may apply
         every: list[Candidate] = []
         for prog_cands in specific.values():
             every.extend(c for c in prog_cands if c not in every)
-        self._all_index = self._index(every + self._wild)
+        self._all_index = _Index(every + self._wild)
         for prog, cands in specific.items():
-            self._by_program[prog] = self._index(cands + self._wild)
-
-    @staticmethod
-    def _index(cands: list[Candidate]) -> _Index:
-        keyed: dict[str, list[Candidate]] = {}
-        always: list[Candidate] = []
-        for c in cands:
-            pre = c.compiled.literal_prefix
-            if len(pre) >= KEY_LEN:
-                keyed.setdefault(pre[:KEY_LEN], []).append(c)
-            else:
-                always.append(c)
-        # keep file order inside each bucket, with always-tried rules merged in that order
-        order = {id(c): i for i, c in enumerate(cands)}
-        for k in keyed:
-            keyed[k] = sorted(keyed[k] + always, key=lambda c: order[id(c)])
-
-        def tries(bucket: list[Candidate]) -> Tries:
-            return [(c.compiled.regex.match, c) for c in bucket]
-
-        return keyed, always, {k: tries(v) for k, v in keyed.items()}, tries(always)
-
-    def _lookup(self, program: str | None) -> _Index:
-        if program is None:
-            return self._all_index
-        return self._by_program.get(program) or self._wild_index
-
-    def candidates(self, program: str | None, message: str) -> list[Candidate]:
-        keyed, always, _, _ = self._lookup(program)
-        return keyed.get(message[:KEY_LEN], always)
+            self._by_program[prog] = _Index(cands + self._wild)
 
     def tries(self, program: str | None, message: str) -> Tries:
-        """candidates() as (match, candidate) pairs: the per-line loop skips two lookups a try."""
+        """The patterns that may match `message`, as (match, candidate), first match wins."""
         index = self._all_index if program is None else \
             self._by_program.get(program, self._wild_index)
-        return index[2].get(message[:KEY_LEN], index[3])
+        return index[message[:KEY_LEN]]
+
+    def candidates(self, program: str | None, message: str) -> list[Candidate]:
+        return [c for _, c in self.tries(program, message)]
 
     @property
     def rules(self) -> list[Rule]:

@@ -30,6 +30,7 @@ from logly.tracer.classify import SEVERITY_RANK, Classified
 from logly.tracer.patterns import CorrelationRules, Pattern, TraceGroup
 
 MAX_EVENT_IDS = 500  # event ids kept in a trace's causality; event_count keeps counting
+BACKWARDS_SLACK = 60  # seconds a log may step back (two files interleaved) and still be one run
 _REPEAT = re.compile(r'"repeat": (\d{1,6})')
 _UID_TO_0 = re.compile(r"\bUID from '\d{1,10}' to '0'")
 
@@ -49,7 +50,7 @@ def _epoch_of(ts: str, cache: dict[str, int]) -> int:
     return t + int(sec) if sec.isdigit() else t
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: one object per trace
 class Trace:
     group: str
     key: str
@@ -66,7 +67,7 @@ class Trace:
     steps: list[dict[str, Any]] = field(default_factory=list)
     events: list[int] = field(default_factory=list)
     dirty: bool = True
-    signature_changed: bool = False
+    shapes: list[tuple[str, str]] = field(default_factory=list)  # reached since the last flush
     title_pattern: Pattern | None = None
     title_values: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +80,14 @@ class Trace:
         more = max(0, self.event_count - len(self.events))
         return json.dumps({"key": self.key, "steps": self.steps, "events": self.events,
                            "more_events": more}, ensure_ascii=False)
+
+    @property
+    def first_t(self) -> int:
+        try:
+            return int(datetime.fromisoformat(self.first_seen[:19]).replace(
+                tzinfo=UTC).timestamp())
+        except ValueError:
+            return self.last_t
 
     def has_step(self, pattern: str) -> bool:
         return any(s["pattern"] == pattern for s in self.steps)
@@ -169,6 +178,7 @@ class Correlator:
 
     def _reset(self) -> None:
         self.open: dict[tuple[str, str], Trace] = {}
+        self.closed: dict[tuple[str, str], Trace] = {}  # recently closed, by key
         self.addrs: dict[str, _Addr] = {}
         self.few: dict[str, tuple[tuple, ...]] = {}  # address -> its first events
         self.user_ips: dict[str, dict[str, int]] = {}
@@ -369,8 +379,12 @@ class Correlator:
         fired: list[tuple[Pattern, dict[str, Any]]] = []
         lv = a.levels
         for j, cap, leak, p in self._leaky:
-            level = lv[j] - (t - lv[j + 1]) / leak
-            level = (level if level > 0.0 else 0.0) + w
+            dt = t - lv[j + 1]
+            if dt >= 0:
+                level = lv[j] - dt / leak
+                level = (level if level > 0.0 else 0.0) + w
+            else:  # an older file read after a newer one: a new run, unless a few seconds
+                level = (lv[j] if dt > -BACKWARDS_SLACK else 0.0) + w
             lv[j] = level
             lv[j + 1] = t
             if level > cap:
@@ -675,6 +689,14 @@ class Correlator:
             self._close(tr)
             tr = None
         if tr is None:
+            # an older log read after a newer one: the event may belong to a trace just closed
+            old = self.closed.get((group, key))
+            if old is not None and old.first_t - gap <= ev.t <= old.last_t + gap:
+                del self.closed[(group, key)]
+                self.open[(group, key)] = old
+                old.dirty = True
+                self._linking = self._linking | self.rules.traces[group].link_set
+                return old
             tr = Trace(group, key, ev.ts, ev.ts, ev.t, ip=ip, user=user, host=ev.host)
             self.open[(group, key)] = tr
             self._linking = self._linking | self.rules.traces[group].link_set
@@ -692,7 +714,9 @@ class Correlator:
                                    "count": tr.event_count + 1, **values})
             tr.steps.append({"pattern": p.name, "event_id": ev.id, "at": ev.ts,
                              "severity": sev, "title": step_title})
-            tr.signature_changed = True
+            # every shape a trace reaches counts once, however the batches fell
+            worst = sev if SEVERITY_RANK[sev] >= SEVERITY_RANK[tr.severity] else tr.severity
+            tr.shapes.append((f"{tr.group}:" + ">".join(s["pattern"] for s in tr.steps), worst))
             if ev.user and p.kind in ("success-after-failures", "canary-user", "new-address"):
                 tr.user = ev.user
         elif tr.title_pattern is not p and rank <= SEVERITY_RANK[tr.severity]:
@@ -717,6 +741,8 @@ class Correlator:
         if ev is not None:
             if ev.t >= tr.last_t:
                 tr.last_t, tr.last_seen = ev.t, ev.ts
+            if ev.ts < tr.first_seen:  # an older file read later
+                tr.first_seen = ev.ts
             if tr.host is None:
                 tr.host = ev.host
         if eid not in self._links:
@@ -727,6 +753,9 @@ class Correlator:
         tr.dirty = True
         self._closing.append(tr)
         self.open.pop((tr.group, tr.key), None)
+        if len(self.closed) >= 10_000:  # kept only to reopen on out-of-order input
+            self.closed.pop(next(iter(self.closed)))
+        self.closed[(tr.group, tr.key)] = tr
 
     # ---- persistence -----------------------------------------------------------------------------
     def _flush(self, conn: Any) -> None:
@@ -734,7 +763,9 @@ class Correlator:
         for (group, _key), tr in list(self.open.items()):
             if self._batch_max_t - tr.last_t > self.rules.traces[group].gap_seconds:
                 self._close(tr)
-        closing = self._closing
+        # a trace closed and then reopened in this batch (out-of-order input) is open
+        closing = [tr for tr in dict.fromkeys(self._closing)
+                   if self.open.get((tr.group, tr.key)) is not tr]
         touched = [tr for tr in self.open.values() if tr.dirty] + closing
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for tr in touched:
@@ -767,9 +798,9 @@ class Correlator:
             conn.exec_driver_sql("UPDATE error_traces SET trace_id = ? WHERE event_id = ?",
                                  [(tr.id, eid) for tr, eid in self._error_links])
         for tr in touched:
-            if tr.signature_changed:
-                self._pattern_seen(conn, tr)
-                tr.signature_changed = False
+            for signature, severity in tr.shapes:
+                self._pattern_seen(conn, tr, signature, severity)
+            tr.shapes.clear()
             tr.dirty = False
         self._links = {}
         self._error_links = []
@@ -780,16 +811,16 @@ class Correlator:
         groups = {g for g, _ in self.open}
         self._linking = frozenset().union(*(self.rules.traces[g].link_set for g in groups))
 
-    def _pattern_seen(self, conn: Any, tr: Trace) -> None:
-        names = [s["pattern"] for s in tr.steps]
-        signature = f"{tr.group}:" + ">".join(names)
+    @staticmethod
+    def _pattern_seen(conn: Any, tr: Trace, signature: str, severity: str) -> None:
+        names = signature.split(":", 1)[1].split(">")
         desc = " then ".join(names) + f" ({tr.group} trace)"
         conn.exec_driver_sql(
             "INSERT INTO trace_patterns (name, signature, description, severity, occurrences, "
             "first_seen, last_seen) VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(signature) DO "
             "UPDATE SET occurrences = occurrences + 1, last_seen = max(last_seen, "
-            "excluded.last_seen), severity = excluded.severity",
-            (names[-1], signature, desc, tr.severity, tr.first_seen, tr.last_seen))
+            "excluded.last_seen)",
+            (names[-1], signature, desc, severity, tr.first_seen, tr.last_seen))
 
     # ---- restart ---------------------------------------------------------------------------------
     def rebuild(self, conn: Any, first_id: int) -> None:

@@ -287,53 +287,85 @@ def top(store: SQLiteStore, rep: Reputation, n: int, since: str | None, now: dat
     only host), and then stands for its hosts: those ranked below it are not listed again
     (`logly ip PREFIX/64` lists them). Ties: higher base score, more recent, the address.
     """
+    with store.engine.connect() as conn:
+        # the stored score (faded to when it was written) bounds the score now from above,
+        # so reading in stored-score order can stop early; a full read if that runs short
+        for k in (max(4 * n, n + 200), 0):
+            ranked, complete = _ranked(conn, rep, since, now, k)
+            out = _listing(conn, rep, ranked, n)
+            if len(out) >= n or complete:
+                return out
+    return out
+
+
+def _ranked(conn: Any, rep: Reputation, since: str | None, now: datetime, k: int
+            ) -> tuple[list[tuple], bool]:
+    """Rows by current score (ties: base score, last seen, address). With k > 0, only rows
+    that can be among the k best: reading stops once the stored score, an upper bound, falls
+    below the k-th best current score. Returns (rows, whether every row was read)."""
     sql = ("SELECT address, base_score, coalesce(last_attack, last_seen), last_seen, verdict, "
-           "blocklists, net FROM ip_reputation")
+           "blocklists, net, score FROM ip_reputation")
     params: tuple = ()
     if since:
         sql += " WHERE last_seen >= ?"
         params = (since,)
-    with store.engine.connect() as conn:
-        rows = conn.exec_driver_sql(sql, params).all()
-        ranked = []
-        for address, base, start, last, verdict, lists, net in rows:
-            age = fade_age(start, bool(lists), now)
-            score = round((base or 0.0) * rep.model.decay(age, rep.half_life), 3)
-            ranked.append((score, base or 0.0, last or "", address, verdict, net))
-        ranked.sort(key=lambda t: t[3])  # stable sorts, last key first
-        ranked.sort(key=lambda t: t[2], reverse=True)
-        ranked.sort(key=lambda t: (t[0], t[1]), reverse=True)
-        out = []
-        listed_nets: set[str] = set()
-        for score, base, _last, address, verdict, net in ranked:
-            if len(out) >= n:
-                break
-            if net is not None and net in listed_nets:
+    sql += " ORDER BY score DESC"
+    decay, hl = rep.model.decay, rep.half_life
+    best: list[float] = []
+    ranked = []
+    complete = True
+    for address, base, start, last, verdict, lists, net, stored in conn.exec_driver_sql(
+            sql, params):
+        if k and len(best) >= k and stored < best[0]:
+            complete = False
+            break
+        score = round((base or 0.0) * decay(fade_age(start, bool(lists), now), hl), 3)
+        ranked.append((score, base or 0.0, last or "", address, verdict, net))
+        if k:
+            if len(best) < k:
+                heapq.heappush(best, score)
+            elif score > best[0]:
+                heapq.heapreplace(best, score)
+    ranked.sort(key=lambda t: t[3])  # stable sorts, last key first
+    ranked.sort(key=lambda t: t[2], reverse=True)
+    ranked.sort(key=lambda t: (t[0], t[1]), reverse=True)
+    if not complete:  # past the k-th, an unread row could outrank a read one
+        del ranked[k:]
+    return ranked, complete
+
+
+def _listing(conn: Any, rep: Reputation, ranked: list[tuple], n: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    listed_nets: set[str] = set()
+    for score, base, _last, address, verdict, net in ranked:
+        if len(out) >= n:
+            break
+        if net is not None and net in listed_nets:
+            continue
+        r = _row(conn.exec_driver_sql(_SELECT + "WHERE address = ?", (address,)).first())
+        state = r["counts"] or {}
+        if "/" in address:
+            if (state.get("members") or 0) < 2:
                 continue
-            r = _row(conn.exec_driver_sql(_SELECT + "WHERE address = ?", (address,)).first())
-            state = r["counts"] or {}
-            if "/" in address:
-                if (state.get("members") or 0) < 2:
-                    continue
-                listed_nets.add(address)
-            counters = state.get("counters", {})
-            users = r["users"] or {}
-            facts = rep.model.facts(state, users, r["blocklists"] or [])
-            out.append({
-                "address": address,
-                "score": score,
-                "verdict": rep.model.verdict(score, base, facts, verdict == "allowlisted"),
-                "base_score": base,
-                "first_seen": r["first_seen"],
-                "last_seen": r["last_seen"],
-                "last_attack": r["last_attack"],
-                "events": state.get("events", 0),
-                "attempts": rep.model.attempts(counters),
-                "users": int(facts.get("users", 0)),
-                "country": (r["geo"] or {}).get("country_code"),
-                "asn": (r["asn"] or {}).get("asn"),
-                "org": (r["asn"] or {}).get("org"),
-                "blocklists": r["blocklists"] or [],
-                "members": state.get("members"),
-            })
+            listed_nets.add(address)
+        counters = state.get("counters", {})
+        users = r["users"] or {}
+        facts = rep.model.facts(state, users, r["blocklists"] or [])
+        out.append({
+            "address": address,
+            "score": score,
+            "verdict": rep.model.verdict(score, base, facts, verdict == "allowlisted"),
+            "base_score": base,
+            "first_seen": r["first_seen"],
+            "last_seen": r["last_seen"],
+            "last_attack": r["last_attack"],
+            "events": state.get("events", 0),
+            "attempts": rep.model.attempts(counters),
+            "users": int(facts.get("users", 0)),
+            "country": (r["geo"] or {}).get("country_code"),
+            "asn": (r["asn"] or {}).get("asn"),
+            "org": (r["asn"] or {}).get("org"),
+            "blocklists": r["blocklists"] or [],
+            "members": state.get("members"),
+        })
     return out
