@@ -3,7 +3,7 @@
     python bench/journal.py                   # 1M entries
     python bench/journal.py --entries 200000 --json bench/out/journal.json
 
-1. `logly ingest --journal-file F` (journalctl -o json read by Logly's journal source);
+1. `logly ingest --journal-dir D` (journalctl -o json read by Logly's journal source);
 2. `journalctl --file F -o json | logly ingest -` (the same JSON through the stdin path);
 3. `logly ingest auth.log` on the same entries written as syslog lines (the file path).
 
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -68,29 +69,38 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="logly-journal-") as tmp:
         d = Path(tmp)
-        export, syslog, journal = d / "e.export", d / "auth.log", d / "bench.journal"
+        export, syslog, jdir = d / "e.export", d / "auth.log", d / "journal"
+        jdir.mkdir()
         t0 = time.perf_counter()
         generate(args.entries, export, syslog)
-        subprocess.run([JOURNAL_REMOTE, "-o", str(journal), str(export)], check=True,
-                       capture_output=True)
+        # journal-remote rotates its output at its size limit (files bench@....journal beside
+        # it), so the whole directory is read
+        subprocess.run([JOURNAL_REMOTE, "-o", str(jdir / "bench.journal"), str(export)],
+                       check=True, capture_output=True)
+        size = sum(f.stat().st_size for f in jdir.iterdir())
         print(f"built {args.entries:,} entries in {time.perf_counter() - t0:.1f} s "
-              f"({journal.stat().st_size / 1e6:.0f} MB journal)", flush=True)
+              f"({size / 1e6:.0f} MB in {len(list(jdir.iterdir()))} journal files)", flush=True)
         runs = [
-            ("logly ingest --journal-file", [logly, "ingest", "--journal-file", str(journal),
-                                             "--match", "_COMM=sshd", "--db", str(d / "a.db")]),
+            ("logly ingest --journal-dir", [logly, "ingest", "--journal-dir", str(jdir),
+                                            "--match", "_COMM=sshd", "--db", str(d / "a.db")]),
             ("journalctl -o json | logly ingest -",
-             f"journalctl --file {journal} -o json | {logly} ingest - --db {d / 'b.db'}"),
+             f"journalctl -D {jdir} -o json | {logly} ingest - --db {d / 'b.db'}"),
             ("logly ingest auth.log (syslog)", [logly, "ingest", str(syslog), "--db",
                                                 str(d / "c.db")]),
         ]
         config = d / "logly.toml"
         config.write_text("")
-        for name, cmd in runs:
+        for (name, cmd), db in zip(runs, ("a.db", "b.db", "c.db"), strict=True):
             secs = timed(cmd, config, shell=isinstance(cmd, str))
-            r = {"way": name, "entries": args.entries, "seconds": round(secs, 2),
-                 "entries_per_s": round(args.entries / secs)}
+            with sqlite3.connect(d / db) as conn:  # a fast wrong answer is no answer
+                stored = conn.execute("SELECT count(*) FROM log_events").fetchone()[0]
+            r = {"way": name, "entries": args.entries, "stored": stored,
+                 "seconds": round(secs, 2), "entries_per_s": round(args.entries / secs)}
             results.append(r)
-            print(f"{name:40s} {secs:7.1f} s  {r['entries_per_s']:>9,} entries/s", flush=True)
+            print(f"{name:40s} {secs:7.1f} s  {r['entries_per_s']:>9,} entries/s  "
+                  f"{stored:,} events stored", flush=True)
+            if stored != args.entries:
+                print(f"  MISMATCH: {args.entries - stored:,} entries not stored", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
