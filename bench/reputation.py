@@ -4,6 +4,7 @@ all three off, and how fast `logly ip` answers on a large database.
     python bench/reputation.py                                  # 500k lines; 10M-event DB
     python bench/reputation.py --lines 200000 --events 1000000  # quicker
     python bench/reputation.py --skip-db --json bench/out/reputation.json
+    python bench/reputation.py --skip-db --serial --runs 3      # one process: steadier
     python bench/reputation.py --events 10000000 --keep /tmp/rep10m.db   # reuse the big DB
 
 Part 1 writes one auth.log with bench/ingest.py's generator (sshd conversations from a few
@@ -98,7 +99,8 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def ingest_once(log: Path, db: Path, rules: RuleSet, hooks: list) -> dict:
+def ingest_once(log: Path, db: Path, rules: RuleSet, hooks: list, serial: bool = False
+                ) -> dict:
     if db.exists():
         db.unlink()
     store = SQLiteStore(db)
@@ -106,7 +108,8 @@ def ingest_once(log: Path, db: Path, rules: RuleSet, hooks: list) -> dict:
     inp = open_input(str(log))
     t, cpu = time.perf_counter(), _cpu()
     try:
-        s = ingest_input(store, rules, inp, year=2025, hooks=hooks)
+        s = ingest_input(store, rules, inp, year=2025, hooks=hooks,
+                         parallel=False if serial else None)
     finally:
         inp.close()
     seconds = time.perf_counter() - t
@@ -147,7 +150,7 @@ def part1(args: argparse.Namespace, work: Path) -> dict:
                 assert rep.geoip is not None and rep.geoip.enabled
                 timed = TimedHook(rep)
                 hooks = [timed]
-            r = ingest_once(log, work / f"{mode}.db", rules, hooks)
+            r = ingest_once(log, work / f"{mode}.db", rules, hooks, args.serial)
             if timed:
                 r["hook_seconds"] = round(timed.seconds, 2)
                 r["hook_cpu_seconds"] = round(timed.cpu_seconds, 2)
@@ -165,6 +168,7 @@ def part1(args: argparse.Namespace, work: Path) -> dict:
     cpu_off = statistics.median(r["cpu_seconds"] for r in runs["off"])
     cpu_on = statistics.median(r["cpu_seconds"] for r in runs["on"])
     return {"lines": args.lines, "attackers": args.attackers, "blocklist_entries": args.blocklist,
+            "serial": args.serial,
             "runs": runs, "off_lines_per_second": off, "on_lines_per_second": on,
             "slowdown_percent": round((off - on) * 100 / off, 1),
             "pairwise_slowdown_percent": pairs,
@@ -344,6 +348,9 @@ def main() -> None:
     ap.add_argument("--attackers", type=int, default=400)
     ap.add_argument("--blocklist", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--serial", action="store_true",
+                    help="Parse and store in one process (as for small inputs): the wall "
+                         "time then follows CPU time, which a busy machine disturbs less.")
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--addresses", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=20)

@@ -383,9 +383,9 @@ def rules_list(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = N
 
 # Later stages keep their commands in their own modules; each adds itself to `app`.
 def _register_stages() -> None:
-    from logly import cli_report, cli_traces
+    from logly import cli_ip, cli_report, cli_traces
 
-    for module in (cli_report, cli_traces):
+    for module in (cli_ip, cli_report, cli_traces):
         module.register(app)
 
 

@@ -66,6 +66,7 @@ class Daemon:
         self._observer: Any = None
         self.scheduler: Any = None
         self.tracer: Any = None
+        self.linker: BatchHook | None = None
 
     def _load_config(self) -> Config:
         cfg = load_config(self.opts.config_path)
@@ -93,9 +94,14 @@ class Daemon:
         if not self.opts.scheduler:
             return
         from logly.scheduler import start_scheduler, utc_now
+        from logly.tracer.reputation_jobs import make_decay_job
 
+        extra = {}
+        if (decay := make_decay_job(self.config)) is not None:
+            extra["reputation_decay"] = (decay, {"trigger": "cron", "minute": 17})
         # its own connections: jobs take short write transactions between our batches
-        self.scheduler = start_scheduler(SQLiteStore(self.config.db), self.config, utc_now)
+        self.scheduler = start_scheduler(SQLiteStore(self.config.db), self.config, utc_now,
+                                         extra_jobs=extra)
 
     def _stop_scheduler(self) -> None:
         if self.scheduler is not None:
@@ -103,8 +109,8 @@ class Daemon:
             self.scheduler = None
 
     def _start_tracer(self) -> None:
-        """Before the followers exist: they keep a reference to self.hooks. Appended last, so
-        the correlation hook's trace_id is there when the tracer links an event."""
+        """The linker goes last in self.hooks (which the followers share), so the correlation
+        hook's trace_id is there when the tracer links an event."""
         if not self.opts.tracer:
             return
         from logly.tracer.ebpf import open_tracer, parse_settings
@@ -114,12 +120,16 @@ class Daemon:
         if not settings.enabled:
             return
         self.tracer = open_tracer(settings)  # warns once and falls back to /proc if it must
-        self.hooks.append(make_hook(self.tracer, keep_seconds=settings.keep_seconds,
-                                    local_only=settings.link_host))
+        self.linker = make_hook(self.tracer, keep_seconds=settings.keep_seconds,
+                                local_only=settings.link_host)
+        self.hooks.append(self.linker)
 
     def run(self) -> int:
-        self._start_tracer()
+        # followers first: a file seen for the first time is followed from where it ends now,
+        # not from where it ends after the probes have compiled (seconds); they share
+        # self.hooks, so the tracer's linker reaches them
         self._sync_followers()
+        self._start_tracer()
         self._start_observer()
         self._start_scheduler()
         self.notifier.send(ready=1, status=self._status_line())
@@ -189,6 +199,9 @@ class Daemon:
         try:
             cfg = self._load_config()
             rules = RuleSet.load(cfg.rules_dirs)
+            from logly.tracer.stages import build_hooks
+
+            new_hooks = build_hooks(cfg)
         except Exception as exc:  # a bad reload keeps the running configuration
             log.error("reload failed, keeping the current configuration: %s", exc)
             self.notifier.send(status=f"Reload failed: {_short(exc)}")
@@ -197,6 +210,8 @@ class Daemon:
         for f in self.followers.values():
             f.flush()
         self.config, self.rules = cfg, rules
+        # followers share this list; the tracer's linker stays, last
+        self.hooks[:] = new_hooks + ([self.linker] if self.linker is not None else [])
         for f in self.followers.values():
             f.set_rules(rules)
         self._sync_followers()

@@ -34,6 +34,12 @@ PARALLEL_MIN_BYTES = 8 << 20  # below this a second process costs more than it s
 # Indexes are dropped and rebuilt when a load brings more rows than the table holds, and at
 # least this many (estimated from bytes at ~100 bytes a line): rebuilding sorts once.
 BULK_MIN_ROWS = 100_000
+# Which ones: a log arrives in time order, so the indexes led by the timestamp (or the source,
+# then the timestamp) grow at their right edge and cost the writer little, which it has to
+# spare while the parser process is the slower one; the trace index is partial and new events
+# have no trace. The address index takes rows all over its tree: that one is rebuilt, and
+# rebuilding one index instead of four takes a third of the time (each rebuild reads the table).
+BULK_DROP_INDEXES = ("ix_log_events_ip_timestamp",)
 QUEUE_BATCHES = 4  # bounds memory: at most this many parsed batches wait for the writer
 
 
@@ -131,15 +137,10 @@ def parse_batches(
     year: int | None = None,
     batch_lines: int = BATCH_LINES,
     batch_seconds: float = BATCH_SECONDS,
-    encode_meta: bool = True,
 ) -> Iterator[Batch]:
-    """Parse `inp` from byte `start` into store-ready batches (rows in EVENT_INSERT_COLUMNS).
-
-    With `encode_meta=False` a row's metadata is left a dict (or None), for the writer process
-    to encode (see `_decode_batch`): the parser process is the busier one.
-    """
+    """Parse `inp` from byte `start` into store-ready batches (rows in EVENT_INSERT_COLUMNS)."""
     parse = LineParser(rules, HeaderParser(tz=tz, reference=inp.mtime, year=year)).parse
-    encode = MetadataEncoder() if encode_meta else _no_encoding
+    encode = MetadataEncoder().__call__  # bound: skips the instance-call slot per line
     path = inp.path
     stats = inp.stats
     rows: list[tuple] = []
@@ -148,6 +149,7 @@ def parse_batches(
     matched = n = 0
     next_offset = start
     deadline = time.monotonic() + batch_seconds
+    add = rows.append
     for offset, nxt, text in read_lines(inp, start):
         out = parse(text, path, offset)
         ev = out.event
@@ -155,7 +157,7 @@ def parse_batches(
         if ev is not None:
             if out.rule is not None:
                 matched += 1
-            rows.append((
+            add((
                 ev.timestamp, ev.source, ev.host, ev.program, ev.pid, ev.level, ev.service,
                 ev.action, ev.message, ev.ip_address, ev.user, ev.port, encode(ev.metadata),
                 file_id, offset,
@@ -169,15 +171,12 @@ def parse_batches(
             yield Batch(rows, unparsed, next_offset, n, matched, reasons,
                         stats.invalid_utf8, stats.truncated)
             rows, unparsed, reasons, matched, n = [], [], {}, 0, 0
+            add = rows.append
             stats.invalid_utf8 = stats.truncated = 0
             deadline = time.monotonic() + batch_seconds
     if n:
         yield Batch(rows, unparsed, next_offset, n, matched, reasons,
                     stats.invalid_utf8, stats.truncated)
-
-
-def _no_encoding(meta: dict[str, Any]) -> dict[str, Any] | None:
-    return meta or None
 
 
 def _encode_batch(b: Batch) -> bytes:
@@ -191,17 +190,14 @@ def _encode_batch(b: Batch) -> bytes:
                           b.invalid_utf8, b.truncated))
 
 
-def _decode_batch(data: bytes, encode: MetadataEncoder) -> Batch:
-    """A batch from `_encode_batch`, its rows' metadata dicts made JSON text here."""
-    b = Batch(*marshal.loads(data))
-    b.rows = [r if r[12] is None else (*r[:12], encode(r[12]), *r[13:]) for r in b.rows]
-    return b
+def _decode_batch(data: bytes) -> Batch:
+    return Batch(*marshal.loads(data))
 
 
 def _parse_worker(queue: Any, args: tuple, kwargs: dict[str, Any]) -> None:
     gc.disable()  # the hot path makes no reference cycles; the collector only costs time
     try:
-        for batch in parse_batches(*args, **kwargs, encode_meta=False):
+        for batch in parse_batches(*args, **kwargs):
             queue.put(_encode_batch(batch))
         queue.put(None)
     except BaseException:  # report, never hang the writer
@@ -213,7 +209,6 @@ def _batches_in_child(args: tuple, kwargs: dict[str, Any]) -> Iterator[Batch]:
     queue = ctx.Queue(QUEUE_BATCHES)
     proc = ctx.Process(target=_parse_worker, args=(queue, args, kwargs), daemon=True)
     proc.start()
-    encode = MetadataEncoder()
     try:
         while True:
             item = queue.get()
@@ -221,7 +216,7 @@ def _batches_in_child(args: tuple, kwargs: dict[str, Any]) -> Iterator[Batch]:
                 break
             if isinstance(item, tuple):
                 raise LoglyError(f"parser process failed:\n{item[1]}")
-            yield _decode_batch(item, encode)
+            yield _decode_batch(item)
     finally:
         if proc.is_alive():
             proc.terminate()
@@ -259,7 +254,7 @@ def ingest_input(
     bulk = bulk if bulk is not None else (
         expected_rows >= BULK_MIN_ROWS and expected_rows > store.approx_event_rows())
     if bulk:
-        store.drop_event_indexes()
+        store.drop_event_indexes(BULK_DROP_INDEXES)
     try:
         _write_batches(store, inp, file_id, committed, batches, summary, progress, hooks)
     finally:

@@ -136,8 +136,10 @@ def settings(config: Any) -> Settings:
 # ---- jobs ------------------------------------------------------------------------------------
 def run_hourly(store: SQLiteStore, clock: Clock,
                catchup: timedelta | None = None) -> list[datetime]:
-    """Aggregate every complete hour not yet aggregated; returns those hours."""
-    return aggregates.catch_up_hours(store, clock(), limit=catchup)
+    """Aggregate every complete hour not yet aggregated, and again those that got late
+    events; returns those hours."""
+    hours = aggregates.catch_up_hours(store, clock(), limit=catchup)
+    return hours + aggregates.catch_up_late(store)
 
 
 def run_daily(store: SQLiteStore, clock: Clock, catchup: timedelta | None = None

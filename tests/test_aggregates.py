@@ -127,3 +127,21 @@ def test_hours_whose_events_were_deleted_keep_their_aggregates(store: SQLiteStor
     assert store_hour(store, h) is None  # refused: would write zeros
     counts = {(r[2], r[3]): r[4] for r in rows_of(store, "hourly_aggregates")}
     assert counts[("syslog", "auth_failure")] == 1
+
+
+def test_events_stored_after_their_hour_was_aggregated_are_counted_once(
+        store: SQLiteStore) -> None:
+    """A backfill that races the start-up catch-up, or a rotated file read late."""
+    plant(store, [ev(T0 + timedelta(hours=1), "scan", "192.0.2.1")])
+    catch_up_hours(store, T0 + timedelta(days=1, minutes=5))
+    catch_up_days(store, T0 + timedelta(days=1, minutes=5))
+    assert aggregates.catch_up_late(store) == []  # nothing new yet
+    plant(store, [ev(T0 + timedelta(hours=3, minutes=m), "auth_failure", "203.0.113.7", "root")
+                  for m in range(4)])
+    assert aggregates.catch_up_late(store) == [T0 + timedelta(hours=3)]
+    assert aggregates.catch_up_late(store) == []  # each late event once
+    hourly = {(r[2], r[3]): r[4] for r in rows_of(store, "hourly_aggregates")
+              if r[1].startswith("2026-11-20T03")}
+    assert hourly[(ALL, ALL)] == 4
+    daily = {(r[2], r[3]): r[4] for r in rows_of(store, "daily_aggregates")}
+    assert daily[(ALL, ALL)] == 5  # the day was rolled up again

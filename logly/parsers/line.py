@@ -15,15 +15,23 @@ from logly.events import ACTIONS, ATTACK_ACTIONS, LogEvent
 from logly.parsers.addresses import is_hostname, normalize_ip
 from logly.parsers.header import HeaderParser, strip_kernel_uptime
 from logly.parsers.patterns import Compiled
-from logly.parsers.rules import Rule, RuleSet
+from logly.parsers.rules import Candidate, Rule, RuleSet
 
 MAX_LINE = 64 * 1024  # longer lines are cut before matching; the event notes the cut
 _REPEAT = re.compile(r"message repeated (\d+) times: \[ ?(.*?) ?\]\s*\Z", re.S)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# JSON may spell a lone UTF-16 surrogate ("\ud800"): no UTF-8 text, so SQLite refuses to bind it
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 LINK_SECONDS = 5.0  # sshd and pam log one attempt within the same second, in practice
 # Programs that fork one process per connection: every line of one pid concerns one peer.
 CONNECTION_PROGRAMS = frozenset({"sshd", "sshd-session", "dropbear"})
 CONNECTION_SECONDS = 600.0  # longer than any LoginGraceTime in use; a reused pid is older
+# LineParser.match remembers this many (program, message) results, for messages this short
+MATCH_CACHE_SIZE = 4096
+MATCH_CACHE_TEXT = 256
+_UNSEEN = object()
+# which pattern matched, and its captures in group order
+Match = tuple[Candidate, tuple[str | None, ...]]
 
 
 @dataclass(slots=True)
@@ -46,6 +54,7 @@ class LineParser:
         # address to sshd's address-less verdicts ("Disconnecting: Too many authentication
         # failures [preauth]"). Text never picks it: it only chooses among what sshd wrote.
         self._peers: dict[tuple[str | None, int], tuple[str, str]] = {}
+        self._matches: dict[tuple[str | None, str], Match | None] = {}
 
     def parse(self, line: str, path: str | None = None, offset: int | None = None) -> Outcome:
         if len(line) > MAX_LINE:
@@ -97,62 +106,86 @@ class LineParser:
         rule = self.apply_rules(ev, program, text)
         return Outcome(ev, rule)
 
-    def apply_rules(self, ev: LogEvent, program: str | None, text: str) -> Rule | None:
+    def match(self, program: str | None, text: str) -> Match | None:
+        """The first pattern for `program` that matches `text`, and its captures.
+
+        A pure function of its arguments (the rules are fixed), remembered for short messages:
+        a log repeats many messages word for word (PAM sessions, cron jobs, "check pass"), and
+        those are the ones that go through the most patterns before one matches.
+        """
+        key = (program, text)
+        found = self._matches.get(key, _UNSEEN)
+        if found is not _UNSEEN:
+            return found  # type: ignore[return-value]
+        found = None
         for match, cand in self.rules.tries(program, text):
             m = match(text)
-            if m is None:
+            if m is not None:
+                found = (cand, m.groups())
+                break
+        if len(text) <= MATCH_CACHE_TEXT:
+            if len(self._matches) >= MATCH_CACHE_SIZE:
+                self._matches.clear()
+            self._matches[key] = found
+        return found
+
+    def apply_rules(self, ev: LogEvent, program: str | None, text: str) -> Rule | None:
+        found = self.match(program, text)
+        if found is None:
+            return None
+        cand, values = found
+        comp = cand.compiled
+        rule = cand.rule
+        meta = ev.metadata
+        ambiguous = False
+        peer_key = (ev.host, ev.pid) if ev.pid is not None and program in \
+            CONNECTION_PROGRAMS else None
+        if comp.lazy is not None and (not comp.ip_sep or text.count(comp.ip_sep) > 1):
+            other = comp.lazy.match(text)
+            other_values = other.groups() if other is not None else ()
+            ambiguous = other is not None and \
+                _ip_of(other_values, comp) != _ip_of(values, comp)
+            if ambiguous and peer_key is not None:
+                # two readings: the connection's own earlier lines say which is sshd's
+                known = self._peer(peer_key, ev.timestamp)
+                if known is not None and known == _norm(_ip_of(values, comp)):
+                    ambiguous = False
+                elif known is not None and known == _norm(_ip_of(other_values, comp)):
+                    values, ambiguous = other_values, False
+                if not ambiguous:
+                    meta["address_from"] = "connection"
+            if ambiguous:
+                meta["ambiguous_address"] = True
+        for name, value in zip(comp.fields, values, strict=True):
+            if value is None:
                 continue
-            comp = cand.compiled
-            rule = cand.rule
-            meta = ev.metadata
-            ambiguous = False
-            peer_key = (ev.host, ev.pid) if ev.pid is not None and program in \
-                CONNECTION_PROGRAMS else None
-            if comp.lazy is not None and (not comp.ip_sep or text.count(comp.ip_sep) > 1):
-                other = comp.lazy.match(text)
-                ambiguous = other is not None and _ip_of(other, comp) != _ip_of(m, comp)
-                if ambiguous and peer_key is not None:
-                    # two readings: the connection's own earlier lines say which is sshd's
-                    known = self._peer(peer_key, ev.timestamp)
-                    if known is not None and known == _norm(_ip_of(m, comp)):
-                        ambiguous = False
-                    elif known is not None and known == _norm(_ip_of(other, comp)):
-                        m, ambiguous = other, False  # type: ignore[assignment]
-                    if not ambiguous:
-                        meta["address_from"] = "connection"
+            if name == "ip":
                 if ambiguous:
-                    meta["ambiguous_address"] = True
-            for name, value in zip(comp.fields, m.groups(), strict=True):
-                if value is None:
                     continue
-                if name == "ip":
-                    if ambiguous:
-                        continue
-                    addr = normalize_ip(value)
-                    if addr is not None:
-                        ev.ip_address = addr
-                    elif is_hostname(value):
-                        meta["rhost"] = value
-                elif name == "user":
-                    ev.user = value
-                elif name == "port":
-                    if not ambiguous:
-                        ev.port = int(value)
-                else:
-                    meta[name] = value
-            if rule.constants:
-                for k, v in rule.constants.items():
-                    meta.setdefault(k, v)
-            ev.action = rule.action
-            ev.level = rule.level
-            ev.service = rule.service
-            meta["rule"] = rule.name
-            if peer_key is not None:
-                self._track_peer(peer_key, ev, rule, ambiguous)
-            if ev.pid is not None and rule.action in ("auth_failure", "invalid_user"):
-                self._link_attempt(ev, rule)
-            return rule
-        return None
+                addr = normalize_ip(value)
+                if addr is not None:
+                    ev.ip_address = addr
+                elif is_hostname(value):
+                    meta["rhost"] = value
+            elif name == "user":
+                ev.user = value
+            elif name == "port":
+                if not ambiguous:
+                    ev.port = int(value)
+            else:
+                meta[name] = value
+        if rule.constants:
+            for k, v in rule.constants.items():
+                meta.setdefault(k, v)
+        ev.action = rule.action
+        ev.level = rule.level
+        ev.service = rule.service
+        meta["rule"] = rule.name
+        if peer_key is not None:
+            self._track_peer(peer_key, ev, rule, ambiguous)
+        if ev.pid is not None and rule.action in ("auth_failure", "invalid_user"):
+            self._link_attempt(ev, rule)
+        return rule
 
     def _peer(self, key: tuple[str | None, int], ts: str) -> str | None:
         seen = self._peers.get(key)
@@ -200,6 +233,8 @@ class LineParser:
             obj = json.loads(line)
         except ValueError:
             return Outcome(None, reason="invalid JSON")
+        if "\\u" in line and _SURROGATE_ESCAPE.search(line):
+            obj = _scrub_surrogates(obj)
         if isinstance(obj, dict) and "MESSAGE" in obj and "__REALTIME_TIMESTAMP" in obj:
             from logly.parsers.journal_entry import entry_outcome
 
@@ -235,12 +270,23 @@ class LineParser:
         return Outcome(ev, rule)
 
 
+def _scrub_surrogates(v: object) -> object:
+    """`v` with each lone surrogate in its strings made U+FFFD (as invalid UTF-8 is on input)."""
+    if isinstance(v, str):
+        return v.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(v, dict):
+        return {_scrub_surrogates(k): _scrub_surrogates(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_scrub_surrogates(x) for x in v]
+    return v
+
+
 def _norm(value: str | None) -> str | None:
     return normalize_ip(value) if value else None
 
 
-def _ip_of(m: re.Match[str], comp: Compiled) -> str | None:
-    return next((v for n, v in zip(comp.fields, m.groups(), strict=True) if v and n == "ip"), None)
+def _ip_of(values: tuple[str | None, ...], comp: Compiled) -> str | None:
+    return next((v for n, v in zip(comp.fields, values, strict=True) if v and n == "ip"), None)
 
 
 def _str(v: object) -> str | None:

@@ -86,7 +86,7 @@ class Follower:
         self.path = path
         self.from_start = from_start
         self.tz = tz
-        self.hooks = hooks or []
+        self.hooks = hooks if hooks is not None else []  # shared: the daemon adds to it
         self.current: OpenFile | None = None
         self.draining: list[OpenFile] = []
         self.encode = MetadataEncoder()

@@ -209,7 +209,7 @@ class JournalFollower:
                  from_start: bool = False, hooks: list[BatchHook] | None = None) -> None:
         self.store, self.rules, self.query = store, rules, query
         self.from_start = from_start
-        self.hooks = hooks or []
+        self.hooks = hooks if hooks is not None else []  # shared: the daemon adds to it
         self.path = query.location
         self.proc: subprocess.Popen | None = None
         self.buf = b""

@@ -36,6 +36,7 @@ ALL = "*"  # source and action of the per-hour totals row
 HOURLY_MARK = "aggregates_hourly_through"  # first hour not yet aggregated (storage text)
 DAILY_MARK = "aggregates_daily_through"  # first day not yet rolled up (YYYY-MM-DD)
 RETAINED_MARK = "events_retained_from"  # raw events before this were deleted by retention
+LATE_MARK = "aggregates_events_through"  # highest log_events.id the aggregates have looked at
 
 # The second log line of one sshd+PAM attempt links to the first; counting both would double
 # every password attempt (README, JSON contract).
@@ -297,6 +298,7 @@ def catch_up_hours(store: SQLiteStore, until: datetime,
     if mark is not None:
         start = parse_ts(mark)
     else:
+        seen = _max_event_id(store)  # before the first event is read: no gap for a racer
         start = _first_event_hour(store) or end
         if limit is not None:
             start = max(start, end - limit)
@@ -304,6 +306,8 @@ def catch_up_hours(store: SQLiteStore, until: datetime,
         if not _move_mark(store, HOURLY_MARK, None, ts(start)):
             return []
         mark = ts(start)
+        # events stored from here on, for hours already behind the mark, are late events
+        _move_mark(store, LATE_MARK, None, str(seen))
     kept = retained_from(store)
     if kept is not None and ts(start) < kept:
         start = max(min(floor_hour(parse_ts(kept)), end), start)
@@ -318,6 +322,39 @@ def catch_up_hours(store: SQLiteStore, until: datetime,
         done.append(hour)
         hour += timedelta(hours=1)
         mark = ts(hour)
+    return done
+
+
+def _max_event_id(store: SQLiteStore) -> int:
+    with snapshot(store) as conn:
+        return int(conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM log_events")
+                   .scalar_one())
+
+
+def catch_up_late(store: SQLiteStore) -> list[datetime]:
+    """Hours behind the watermark that got events since the last run — a backfill racing the
+    daemon's start-up catch-up, a rotated file read late — aggregated again, and their days
+    rolled up again. Recomputing replaces rows, so a repeat is harmless. Event ids only grow,
+    so "since the last run" is a rowid range, not a scan."""
+    hourly_mark = get_mark(store, HOURLY_MARK)
+    if hourly_mark is None:
+        return []
+    seen_text = get_mark(store, LATE_MARK)
+    top = _max_event_id(store)
+    if seen_text is None:  # a database from before this mark: start watching from now
+        _move_mark(store, LATE_MARK, None, str(top))
+        return []
+    with snapshot(store) as conn:
+        hours = sorted(r[0] for r in conn.exec_driver_sql(
+            "SELECT DISTINCT substr(timestamp, 1, 13) FROM log_events "
+            "WHERE id > ? AND id <= ? AND timestamp < ?", (int(seen_text), top, hourly_mark)))
+    done = [h for h in (datetime.strptime(t, "%Y-%m-%dT%H").replace(tzinfo=UTC) for t in hours)
+            if store_hour(store, h) is not None]
+    daily_mark = get_mark(store, DAILY_MARK)
+    for day in sorted({h.date() for h in done}):
+        if daily_mark is not None and day.isoformat() < daily_mark:
+            store_day(store, day)
+    _move_mark(store, LATE_MARK, seen_text, str(top))
     return done
 
 

@@ -211,12 +211,17 @@ class SQLiteStore:
             return int(conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM log_events")
                        .scalar_one())
 
-    def drop_event_indexes(self) -> None:
-        """For a load much larger than the table: one sort at the end beats per-row upkeep."""
+    def drop_event_indexes(self, only: Iterable[str] | None = None) -> None:
+        """For a load much larger than the table: one sort at the end beats per-row upkeep.
+
+        `only` names the indexes to drop (default: all of log_events'); `ensure_indexes()`
+        recreates whatever is missing.
+        """
         with self._write() as conn:
             for ddl in self.event_index_ddl():
                 name = ddl.split("EXISTS", 1)[1].split()[0]
-                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+                if only is None or name in only:
+                    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
 
     def require_schema(self) -> None:
         if not self.path.exists() or self.version() == 0:
