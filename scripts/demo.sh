@@ -32,6 +32,8 @@ fi
 $logly init
 $logly ingest "${logs[@]}"
 $logly events --limit 15
+$logly traces --limit 10
+$logly ips --top 10
 $logly stats
 echo
 echo "Database: $($logly stats --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["database"])')"
