@@ -191,7 +191,15 @@ def _encode_batch(b: Batch) -> bytes:
 
 
 def _decode_batch(data: bytes) -> Batch:
-    return Batch(*marshal.loads(data))
+    # 20,000 new tuples at once would run the cyclic collector some 30 times, over and over
+    # the rows already waiting; they hold no cycles
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return Batch(*marshal.loads(data))
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _parse_worker(queue: Any, args: tuple, kwargs: dict[str, Any]) -> None:

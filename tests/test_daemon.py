@@ -281,7 +281,7 @@ def test_sigkill_at_random_points_with_rotations_stores_every_line_once(
         stop.set()
         t.join()
     assert kills >= 20 or CYCLES < 20
-    assert wait_for(lambda: len(users(db)) >= written, timeout=60), \
+    assert wait_for(lambda: len(users(db)) >= written, timeout=120), \
         f"stored {len(users(db))} of {written}"
     time.sleep(1.0)
     got = users(db)

@@ -123,7 +123,9 @@ class LineParser:
             if m is not None:
                 found = (cand, m.groups())
                 break
-        if len(text) <= MATCH_CACHE_TEXT:
+        # a message naming a client port is one connection's own: it will not come again
+        if len(text) <= MATCH_CACHE_TEXT and (
+                found is None or "port" not in found[0].compiled.fields):
             if len(self._matches) >= MATCH_CACHE_SIZE:
                 self._matches.clear()
             self._matches[key] = found
