@@ -67,6 +67,8 @@ class Daemon:
         self.scheduler: Any = None
         self.tracer: Any = None
         self.linker: BatchHook | None = None
+        self._tracer_lock = threading.Lock()
+        self.tracer_error: str | None = None
 
     def _load_config(self) -> Config:
         cfg = load_config(self.opts.config_path)
@@ -109,20 +111,38 @@ class Daemon:
             self.scheduler = None
 
     def _start_tracer(self) -> None:
-        """The linker goes last in self.hooks (which the followers share), so the correlation
-        hook's trace_id is there when the tracer links an event."""
+        """Attach the kernel tracer in the background: compiling the probes takes seconds, and
+        following must not wait for it (lines read meanwhile just get no kernel context). The
+        linker goes last in self.hooks (which the followers share), so the correlation hook's
+        trace_id is there when it links an event."""
         if not self.opts.tracer:
             return
         from logly.tracer.ebpf import open_tracer, parse_settings
         from logly.tracer.link import make_hook
 
-        settings = parse_settings(self.config.sections.get("tracer", {}))
+        settings = parse_settings(self.config.sections.get("tracer", {}))  # errors: at start
         if not settings.enabled:
             return
-        self.tracer = open_tracer(settings)  # warns once and falls back to /proc if it must
-        self.linker = make_hook(self.tracer, keep_seconds=settings.keep_seconds,
-                                local_only=settings.link_host)
-        self.hooks.append(self.linker)
+
+        def attach() -> None:
+            try:
+                tracer = open_tracer(settings)  # warns once and falls back to /proc if it must
+            except Exception as exc:  # [tracer] mode = "ebpf" and it cannot run here
+                log.error("tracer: %s; stopping", exc)
+                self.tracer_error = str(exc)
+                self.stopping = True
+                self.wake.set()
+                return
+            linker = make_hook(tracer, keep_seconds=settings.keep_seconds,
+                               local_only=settings.link_host)
+            with self._tracer_lock:
+                if self.stopping:
+                    tracer.stop()
+                    return
+                self.tracer, self.linker = tracer, linker
+                self.hooks.append(linker)
+
+        threading.Thread(target=attach, name="tracer-attach", daemon=True).start()
 
     def run(self) -> int:
         # followers first: a file seen for the first time is followed from where it ends now,
@@ -176,7 +196,7 @@ class Daemon:
 
     def _shutdown(self) -> int:
         self.notifier.send(stopping=1, status="Flushing and stopping")
-        code = 0
+        code = 1 if self.tracer_error else 0
         try:
             for f in self.followers.values():
                 f.flush()
@@ -185,8 +205,9 @@ class Daemon:
             code = 1
         self._stop_scheduler()
         self._report_status()
-        if self.tracer is not None:
-            self.tracer.stop()
+        with self._tracer_lock:  # an attach still compiling sees `stopping` and gives up
+            if self.tracer is not None:
+                self.tracer.stop()
         for f in self.followers.values():
             f.close()
         if self._observer is not None:

@@ -34,11 +34,12 @@ PARALLEL_MIN_BYTES = 8 << 20  # below this a second process costs more than it s
 # Indexes are dropped and rebuilt when a load brings more rows than the table holds, and at
 # least this many (estimated from bytes at ~100 bytes a line): rebuilding sorts once.
 BULK_MIN_ROWS = 100_000
-# Which ones: a log arrives in time order, so the indexes led by the timestamp (or the source,
-# then the timestamp) grow at their right edge and cost the writer little, which it has to
-# spare while the parser process is the slower one; the trace index is partial and new events
-# have no trace. The address index takes rows all over its tree: that one is rebuilt, and
-# rebuilding one index instead of four takes a third of the time (each rebuild reads the table).
+# Which ones, without hooks: a log arrives in time order, so the indexes led by the timestamp
+# (or the source, then the timestamp) grow at their right edge and cost the writer little,
+# which it has to spare while the parser process is the slower one; the trace index is
+# partial and new events have no trace. The address index takes rows all over its tree: that
+# one is rebuilt, and rebuilding one index instead of four takes a third of the time (each
+# rebuild reads the whole table). With hooks the writer is the slower one: all are dropped.
 BULK_DROP_INDEXES = ("ix_log_events_ip_timestamp",)
 QUEUE_BATCHES = 4  # bounds memory: at most this many parsed batches wait for the writer
 
@@ -262,7 +263,8 @@ def ingest_input(
     bulk = bulk if bulk is not None else (
         expected_rows >= BULK_MIN_ROWS and expected_rows > store.approx_event_rows())
     if bulk:
-        store.drop_event_indexes(BULK_DROP_INDEXES)
+        # with hooks (enrichment) the writer is the slower process: it keeps no index up
+        store.drop_event_indexes(None if hooks else BULK_DROP_INDEXES)
     try:
         _write_batches(store, inp, file_id, committed, batches, summary, progress, hooks)
     finally:

@@ -162,10 +162,11 @@ def test_daemon_follows_the_journal_exactly_once_across_sigkill(tmp_path: Path) 
         seq += n
 
     procs = []
+    err = open(tmp_path / "daemon.err", "a")  # noqa: SIM115
     try:
         append(20)
         for _cycle in range(6):
-            p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err,
                                  start_new_session=True)
             procs.append(p)
             time.sleep(1.0)
@@ -174,7 +175,7 @@ def test_daemon_follows_the_journal_exactly_once_across_sigkill(tmp_path: Path) 
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
             append(5)  # written while nothing reads
-        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err,
                              start_new_session=True)
         procs.append(p)
         deadline = time.monotonic() + 30
@@ -186,8 +187,10 @@ def test_daemon_follows_the_journal_exactly_once_across_sigkill(tmp_path: Path) 
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        err.close()
     users = [r[0] for r in rows(db)]
-    assert len(users) == seq, f"{len(users)} stored of {seq}"
+    assert len(users) == seq, f"{len(users)} stored of {seq}: " + \
+        (tmp_path / "daemon.err").read_text()[-3000:]
     assert sorted(users) == sorted(f"u{i}" for i in range(seq))
 
 
