@@ -290,7 +290,6 @@ class Reputation:
 
         def add(a: _Acc, ts: str, action: str, counter: str | None, n: int, dup: bool,
                 user: str | None, port: int | None, jail: str | None) -> None:
-            # the same steps as the loop below inlines for hosts (keep the two alike)
             a.events += 1
             if ts < a.first:
                 a.first = ts
@@ -347,42 +346,11 @@ class Reputation:
                         counter = by_method
                     if twin:
                         user = None
-            if hosts:  # add(), inlined: this runs for every row with an address
+            if hosts:
                 a = accs.get(ip)
                 if a is None:
                     a = accs[ip] = _Acc(ts)
-                a.events += 1
-                if ts > a.last:
-                    a.last = ts
-                elif ts < a.first:
-                    a.first = ts
-                if dup:
-                    if user is not None and counter in user_c:
-                        u = user[:USER_MAX_LEN]
-                        a.users[u] = a.users.get(u, 0) + n
-                else:
-                    acts = a.actions
-                    acts[action] = acts.get(action, 0) + n
-                    if counter is not None:
-                        cs = a.counters
-                        cs[counter] = cs.get(counter, 0) + n
-                        if counter in attack and (a.last_attack is None or ts > a.last_attack):
-                            a.last_attack = ts
-                        if user is not None:
-                            if counter in user_c:
-                                u = user[:USER_MAX_LEN]
-                                a.users[u] = a.users.get(u, 0) + n
-                            elif counter == "success":
-                                u = user[:USER_MAX_LEN]
-                                a.logins[u] = a.logins.get(u, 0) + n
-                        if counter in streak:
-                            a.segs[-1] += n
-                        elif counter == "success":
-                            a.segs.extend([0] * n)
-                        elif counter == "firewall" and r[11] is not None:
-                            a.ports[r[11]] = a.ports.get(r[11], 0) + n
-                        elif counter == "f2b_ban":
-                            a.bans.append([ts, jail or ""])
+                add(a, ts, action, counter, n, dup, user, r[11], jail)
             if nets and ":" in ip and not allowed(ip):
                 key = net64(ip)
                 a = net_accs.get(key)
