@@ -8,7 +8,6 @@ including for processes that are gone, and uses the /proc scan here to seed its 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import threading
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from logly.parsers.addresses import normalize_ip
 from logly.tracer.containers import container_of
 
 TCP_STATES = {
@@ -65,16 +65,11 @@ class Conn:
 
 
 def norm_addr(addr: str) -> str:
-    """One spelling per address: IPv4-mapped IPv6 as IPv4, IPv6 compressed."""
-    if ":" not in addr:  # IPv4 text (the common case) needs no parsing
+    """One spelling per address (the parsers' rule: IPv4-mapped IPv6 as IPv4, IPv6
+    compressed), so kernel and log addresses compare equal; non-addresses stay as they are."""
+    if ":" not in addr:  # IPv4 text, the common case, is already in its one spelling
         return addr
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return addr
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+    return normalize_ip(addr) or addr
 
 
 class ProcfsTracer:
