@@ -12,8 +12,10 @@ with backoff until they succeed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -76,6 +78,12 @@ class Daemon:
             cfg.db = self.opts.db
         if self.opts.follow:
             cfg.sources = list(self.opts.follow)
+        # absolute paths: libbcc changes the working directory for a moment while it compiles
+        cfg.db = cfg.db.absolute()
+        cfg.sources = [
+            dataclasses.replace(s, directory=s.directory and os.path.abspath(s.directory))
+            if s.type == "journal" else dataclasses.replace(s, path=os.path.abspath(s.path))
+            for s in cfg.sources]
         return cfg
 
     # ---- lifecycle ----------------------------------------------------------------------------

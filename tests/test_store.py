@@ -201,3 +201,16 @@ def test_unwritable_location_is_a_typed_error(tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("x")
     with pytest.raises(StoreError, match="cannot create"):
         SQLiteStore(tmp_path / "plain" / "x.db").init()
+
+
+def test_a_relative_path_is_fixed_when_the_store_is_made(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """libbcc changes the working directory for a moment while the tracer compiles; a relative
+    database path opened then must not land in the kernel headers."""
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    s = SQLiteStore("rel.db")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    s.init()
+    assert (tmp_path / "here" / "rel.db").exists()
+    assert not (tmp_path / "elsewhere" / "rel.db").exists()

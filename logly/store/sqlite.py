@@ -92,7 +92,9 @@ def utcnow() -> str:
 
 class SQLiteStore:
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
-        self.path = Path(path)
+        # absolute now: the tracer's compiler (libbcc) changes the process's working directory
+        # for a moment, and a relative path opened then lands in the kernel headers
+        self.path = Path(path).absolute()
         self.busy_timeout_ms = busy_timeout_ms
         self._engine: Engine | None = None
 
