@@ -227,3 +227,10 @@ def test_header_oddities_from_the_corpora(parser: LineParser, line: str, program
                                           ip: str) -> None:
     ev = parser.parse(line).event
     assert ev is not None and ev.program == program and ev.ip_address == ip
+
+
+def test_ndjson_lone_surrogate_is_replaced_not_fatal(parser: LineParser) -> None:
+    """A JSON escape of half a surrogate pair decodes to text SQLite cannot store."""
+    out = parser.parse('{"timestamp": "2026-01-01T00:00:00Z", "message": "a\\ud800b"}')
+    assert out.event is not None and "\ud800" not in out.event.message
+    out.event.message.encode("utf-8")  # storable
