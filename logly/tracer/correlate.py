@@ -16,6 +16,7 @@ expected), so memory never holds state the database lost.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import deque
@@ -182,6 +183,9 @@ class Correlator:
         self.addrs: dict[str, _Addr] = {}
         self.few: dict[str, tuple[tuple, ...]] = {}  # address -> its first events
         self.user_ips: dict[str, dict[str, int]] = {}
+        # addresses older than the widest distinct-ips window never count again
+        self._ips_window = max((p.params["window_seconds"] for p in self.rules.patterns.values()
+                                if p.kind == "distinct-ips"), default=0)
         self.user_fails: dict[str, deque[tuple[int, int, str]]] = {}
         self.user_recent: dict[str, deque[tuple[int, int, str]]] = {}
         self.logins: dict[str, set[str]] = {}
@@ -514,8 +518,16 @@ class Correlator:
         ips = self.user_ips.setdefault(ev.user, {})
         if len(ips) > 4096:
             ips.clear()
-        new_ip = ev.ip not in ips
+        # kept in last-seen order, so counting the addresses inside a window walks only those
+        # (a user like root is tried from hundreds of addresses: a full scan per attempt was
+        # most of correlation's cost)
+        new_ip = ips.pop(ev.ip, None) is None
         ips[ev.ip] = ev.t
+        oldest = ev.t - self._ips_window
+        for ip, t in list(itertools.islice(ips.items(), 8)):  # amortised: a few per event
+            if t >= oldest:
+                break
+            del ips[ip]
         recent = self.user_recent.get(ev.user)
         if recent is None:
             recent = self.user_recent[ev.user] = deque(maxlen=64)
@@ -526,7 +538,15 @@ class Correlator:
             if ev.action not in p.on or not (new_ip or tr is not None):
                 continue
             horizon = ev.t - p.params["window_seconds"]
-            n = sum(1 for v in ips.values() if v >= horizon)
+            if p.params["window_seconds"] >= self._ips_window and \
+                    next(iter(ips.values())) >= horizon:
+                n = len(ips)  # everything left is inside the widest window
+            else:
+                n = 0
+                for v in reversed(ips.values()):
+                    if v < horizon:
+                        break
+                    n += 1
             if n >= p.params["min_ips"]:
                 fired.append((p, {"ips": n}))
         if fired:
