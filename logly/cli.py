@@ -269,6 +269,9 @@ def stats(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None) 
             ctx.out.print(Text(f"Tracer: {tr['mode']}{why}, "
                                f"{sum((tr.get('events') or {}).values()):,} kernel events, "
                                f"{sum((tr.get('lost') or {}).values()):,} lost"))
+        for stage, n in (d.get("enrich_failures") or {}).items():
+            ctx.out.print(Text(f"Enrichment stage {safe_text(stage)} failed on {n:,} batches "
+                               "(events stored without it; see the daemon's log)"))
         t = _table("followed file", "lag (bytes)", "pending", "events", title="Following")
         for f in d["files"]:
             t.add_row(_cell(f["path"]), f"{f['lag_bytes']:,}", f"{f['pending']:,}",

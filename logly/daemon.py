@@ -30,7 +30,7 @@ from logly.parsers.rules import RuleSet
 from logly.sdnotify import Notifier
 from logly.sources.follow import Follower, expand
 from logly.sources.journal import JournalFollower
-from logly.store.sqlite import BatchHook, SQLiteStore, utcnow
+from logly.store.sqlite import HOOK_FAILURES, BatchHook, SQLiteStore, utcnow
 
 log = logging.getLogger("logly.daemon")
 
@@ -311,6 +311,7 @@ class Daemon:
             "events_per_min": round(self.stored / up * 60, 1),
             "error": self.error,
             "tracer": self.tracer.stats() if self.tracer is not None else {"mode": "off"},
+            "enrich_failures": dict(HOOK_FAILURES),
             "files": [
                 {"path": p, "lag_bytes": f.lag_bytes(), "pending": f.pending_lines(),
                  "events": f.events}

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from logly.errors import ConfigError
 from logly.ingest import ingest_input
@@ -309,9 +311,10 @@ def test_rolled_back_batch_does_not_leave_ghost_state(tmp_path: Path, store: SQL
     hooks = make_hooks(Cfg())
 
     def boom(conn: Any, rows: Any, first_id: int) -> None:
-        raise RuntimeError("disk full")
+        # the store's own failure rolls the whole batch back (a stage's bug would not)
+        raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(OperationalError):
         feed(store, rules, [*hooks, boom], tmp_path / "a.log", failures("203.0.113.5", 7))
     assert scalar(store, "SELECT count(*) FROM log_events") == 0
     # the same hooks go on: the trace they opened in memory was rolled back with the batch

@@ -214,3 +214,24 @@ def test_a_relative_path_is_fixed_when_the_store_is_made(tmp_path: Path, monkeyp
     s.init()
     assert (tmp_path / "here" / "rel.db").exists()
     assert not (tmp_path / "elsewhere" / "rel.db").exists()
+
+
+def test_a_failing_enrichment_stage_costs_only_its_own_writes(store: SQLiteStore) -> None:
+    def good(conn, rows, first_id):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("INSERT INTO metadata (key, value) VALUES ('good', ?)",
+                             (str(first_id),))
+
+    def broken(conn, rows, first_id):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("INSERT INTO metadata (key, value) VALUES ('broken', 'x')")
+        raise ValueError("a bug in a stage")
+
+    fid, _ = store.open_source("id-hooks", "/var/log/auth.log")
+    stored = store.write_batch(fid, [(*ROW, fid, 0), (*ROW, fid, 10)], [], 20, 2,
+                               hooks=[broken, good])
+    assert stored == 2 and len(store.get_log_events()) == 2
+    assert store.source_offset("id-hooks") == 20
+    assert store.get_metadata("good") == "1"  # the stage after it still ran
+    assert store.get_metadata("broken") is None  # its own write was undone
+    from logly.store.sqlite import HOOK_FAILURES
+
+    assert any("broken" in name for name in HOOK_FAILURES)

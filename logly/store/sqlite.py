@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -19,8 +20,11 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 from logly.errors import LoglyError
+
+log = logging.getLogger("logly.store")
 
 # Forward migrations: version -> SQL that brings version-1 to version. A new database gets
 # schema.sql, which is always the latest shape; a test proves both paths end in the same schema.
@@ -316,7 +320,7 @@ class SQLiteStore:
                 conn.exec_driver_sql(_INSERT_EVENT, rows)
             inserted = len(rows)
             for hook in hooks:
-                hook(conn, rows, first_id)
+                _run_hook(conn, hook, rows, first_id)
             if unparsed:
                 kept = conn.exec_driver_sql(
                     "SELECT count(*) FROM unparsed_lines WHERE file_id = ?", (file_id,)
@@ -431,6 +435,27 @@ class SQLiteStore:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._write() as conn:
             conn.exec_driver_sql(sql, list(rows))
+
+
+HOOK_FAILURES: dict[str, int] = {}  # per stage, since the process started (`logly stats`)
+
+
+def _run_hook(conn: Connection, hook: BatchHook, rows: Sequence[tuple], first_id: int) -> None:
+    """Enrichment must never cost the events: a stage that fails (a bug, a hostile line it
+    did not expect) has its own writes undone and the batch is stored without them. The
+    store's own trouble (locked, disk full) still fails the batch, which is then retried."""
+    conn.exec_driver_sql("SAVEPOINT enrich")
+    try:
+        hook(conn, rows, first_id)
+    except OperationalError:
+        raise
+    except Exception:
+        conn.exec_driver_sql("ROLLBACK TO enrich")
+        name = getattr(hook, "__qualname__", None) or type(hook).__name__
+        HOOK_FAILURES[name] = HOOK_FAILURES.get(name, 0) + 1
+        log.exception("enrichment stage %s failed on a batch of %d events; stored without it",
+                      name, len(rows))
+    conn.exec_driver_sql("RELEASE enrich")
 
 
 class _WriteTxn:

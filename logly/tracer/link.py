@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
 
 from logly.store.sqlite import BatchHook, utcnow
 from logly.tracer.procfs import Conn, ProcfsTracer, ProcInfo
@@ -76,7 +75,6 @@ class Linker:
         self.attached = _Bounded(16384)  # (trace_id, what) already stored under that trace
         self.watched = _Bounded(4096)  # pids whose slow syscalls the kernel times
         self.linked = 0
-        self.errors = 0
 
     # ---- the hook -----------------------------------------------------------------------------
     def __call__(self, conn: Connection, rows: Sequence[tuple], first_id: int) -> None:
@@ -112,18 +110,8 @@ class Linker:
                 hits.append((first_id + i, row, info, conns))
         if not hits:
             return
-        # enrichment must never cost the events: a failure here undoes only the links
-        conn.exec_driver_sql("SAVEPOINT tracer_link")
-        try:
-            self._store(conn, hits)
-        except OperationalError:
-            raise  # the store's own trouble (locked, full): the batch is retried as a whole
-        except Exception:
-            conn.exec_driver_sql("ROLLBACK TO tracer_link")
-            self.errors += 1
-            log.exception("tracer: could not link %d events; stored without context",
-                          len(hits))
-        conn.exec_driver_sql("RELEASE tracer_link")
+        # a failure here undoes only the links (SQLiteStore runs every stage in a savepoint)
+        self._store(conn, hits)
 
     # ---- storing ------------------------------------------------------------------------------
     def _store(self, conn: Connection, hits: list[tuple[int, tuple, ProcInfo | None,
