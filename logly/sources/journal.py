@@ -202,6 +202,9 @@ class JournalBatch:
         return n
 
 
+REOPEN_IDLE_SECONDS = 15.0
+
+
 class JournalFollower:
     """The daemon's journal source: `journalctl --follow` from the committed cursor."""
 
@@ -219,6 +222,7 @@ class JournalFollower:
         self.behind = False
         self.unavailable: str | None = None
         self._retry_at = 0.0
+        self._heard = time.monotonic()  # when journalctl last wrote anything
 
     def _start(self) -> None:
         if time.monotonic() < self._retry_at:
@@ -232,6 +236,7 @@ class JournalFollower:
             self._unavailable(str(exc))
             return
         self.batch = JournalBatch(file_id, self.path)
+        self.buf = b""  # a half line from an earlier journalctl is read again after the cursor
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
@@ -258,6 +263,13 @@ class JournalFollower:
             return 0
         n = 0
         self.behind = False
+        if not self.batch.lines and time.monotonic() - self._heard > REOPEN_IDLE_SECONDS:
+            # `journalctl --follow` waits for inotify, and a writer that only touches its
+            # mmap-ed file (journal-remote, a journal copied in) may never send one: re-query
+            # from the committed cursor now and then, which costs one process start
+            self.close()
+            self._heard = time.monotonic()
+            return 0
         while self.batch.lines < max_pending:
             try:
                 chunk = self.proc.stdout.read(1 << 20)
@@ -265,6 +277,7 @@ class JournalFollower:
                 chunk = None
             if not chunk:
                 break
+            self._heard = time.monotonic()
             self.buf += chunk
             *lines, self.buf = self.buf.split(b"\n")
             for raw in lines:
