@@ -223,6 +223,7 @@ class JournalFollower:
         self.unavailable: str | None = None
         self._retry_at = 0.0
         self._heard = time.monotonic()  # when journalctl last wrote anything
+        self.reopened = 0
 
     def _start(self) -> None:
         if time.monotonic() < self._retry_at:
@@ -269,6 +270,7 @@ class JournalFollower:
             # from the committed cursor now and then, which costs one process start
             self.close()
             self._heard = time.monotonic()
+            self.reopened += 1
             return 0
         while self.batch.lines < max_pending:
             try:
