@@ -134,24 +134,37 @@ def settings(config: Any) -> Settings:
 
 
 # ---- jobs ------------------------------------------------------------------------------------
-def run_hourly(store: SQLiteStore, clock: Clock,
-               catchup: timedelta | None = None) -> list[datetime]:
+def run_hourly(store: SQLiteStore, clock: Clock, catchup: timedelta | None = None,
+               stop: threading.Event | None = None) -> list[datetime]:
     """Aggregate every complete hour not yet aggregated, and again those that got late
-    events; returns those hours."""
-    hours = aggregates.catch_up_hours(store, clock(), limit=catchup)
-    return hours + aggregates.catch_up_late(store)
+    events; returns those hours. `stop` ends a long catch-up between hours."""
+    hours = aggregates.catch_up_hours(store, clock(), limit=catchup, stop=stop)
+    return hours + aggregates.catch_up_late(store, stop=stop)
 
 
-def run_daily(store: SQLiteStore, clock: Clock, catchup: timedelta | None = None
-              ) -> tuple[list[datetime], list[date]]:
+def run_daily(store: SQLiteStore, clock: Clock, catchup: timedelta | None = None,
+              stop: threading.Event | None = None) -> tuple[list[datetime], list[date]]:
     """Hours first (a day rolls up only from complete hours), then the complete days."""
-    hours = run_hourly(store, clock, catchup)
-    return hours, aggregates.catch_up_days(store, clock())
+    hours = run_hourly(store, clock, catchup, stop)
+    return hours, aggregates.catch_up_days(store, clock(), stop=stop)
 
 
-def run_retention(store: SQLiteStore, clock: Clock,
-                  config: RetentionConfig | None = None) -> CleanupResult:
-    return cleanup(store, config or RetentionConfig(), now=clock())
+class JobStopped(Exception):
+    """The daemon is stopping; the job's finished batches stay done."""
+
+
+def run_retention(store: SQLiteStore, clock: Clock, config: RetentionConfig | None = None,
+                  stop: threading.Event | None = None) -> CleanupResult | None:
+    def pause(seconds: float) -> None:  # cleanup pauses between batches: a place to stop
+        if stop is not None and stop.wait(seconds):
+            raise JobStopped
+        if stop is None:
+            time.sleep(seconds)
+
+    try:
+        return cleanup(store, config or RetentionConfig(), now=clock(), sleep=pause)
+    except JobStopped:
+        return None
 
 
 def run_metrics(store: SQLiteStore, sampler: Any) -> Any:
@@ -180,6 +193,7 @@ class LoglyScheduler:
         self.history: collections.deque[tuple[str, datetime, Any]] = collections.deque(
             maxlen=1000)
         self._done = threading.Condition()
+        self.stop = threading.Event()
 
     def _record(self, event: Any) -> None:
         result = event.exception if event.exception is not None else event.retval
@@ -204,6 +218,9 @@ class LoglyScheduler:
         return [r for j, _, r in list(self.history) if j == job_id]
 
     def shutdown(self, wait: bool = True) -> None:
+        # a running job ends at its next hour or batch; the interpreter waits for pool threads
+        # at exit, so without this a long start-up catch-up would hold a stopping daemon
+        self.stop.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=wait)
 
@@ -244,16 +261,16 @@ def start_scheduler(
 
     def aggregate() -> tuple[list[datetime], list[date]]:
         with agg_lock:  # the start-up catch-up and the hourly trigger never run together
-            return run_daily(store, clock, catchup)
+            return run_daily(store, clock, catchup, wrapper.stop)
 
     # start-up catch-up first, then the hourly trigger (same function, same lock)
     scheduler.add_job(aggregate, "date", id="catchup", run_date=datetime.now(UTC))
     scheduler.add_job(aggregate, "cron", id="aggregate", minute=sc.hourly_minute)
     h, m = _hhmm("scheduler.retention_time", sc.retention_time)
 
-    def retention() -> CleanupResult:
+    def retention() -> CleanupResult | None:
         with agg_lock:  # retention aggregates the hours it is about to delete
-            return run_retention(store, clock, cfg.retention)
+            return run_retention(store, clock, cfg.retention, wrapper.stop)
 
     scheduler.add_job(retention, "cron", id="retention", hour=h, minute=m)
     if sampler is None:

@@ -319,3 +319,25 @@ def test_daemon_runs_the_scheduler_beside_ingestion(
         "AND action = '*'") == 120, timeout=20), (tmp_path / "daemon.err").read_text()
     daemons[-1].send_signal(signal.SIGTERM)
     assert daemons[-1].wait(15) == 0
+
+
+def test_sigterm_ends_a_long_start_up_catch_up(
+        tmp_path: Path, daemons: list[subprocess.Popen]) -> None:
+    """Events from ten years ago: the start-up catch-up has ~88,000 hours to aggregate. The
+    interpreter waits for the scheduler's threads at exit, so the job must stop between hours
+    for SIGTERM to end the daemon promptly."""
+    log, db = tmp_path / "auth.log", tmp_path / "l.db"
+    log.write_text("2016-11-01T10:00:00+00:00 web1 sshd[7]: Invalid user u0 from 203.0.113.9 "
+                   "port 4242\n")
+    # stored before the daemon starts, so its start-up catch-up begins ten years back
+    subprocess.run([sys.executable, "-m", "logly.cli", "ingest", str(log), "--db", str(db),
+                    "--config", "/dev/null", "--no-enrich"], check=True,
+                   stdout=subprocess.DEVNULL)
+    daemons.append(start(tmp_path, db, f"{log}:auth", extra=("--from-start",)))
+    assert wait_for(lambda: users(db) == ["u0"])
+    assert wait_for(lambda: sqlite3.connect(db).execute(
+        "SELECT count(*) FROM hourly_aggregates").fetchone()[0] > 0)  # the catch-up runs
+    t0 = time.monotonic()
+    daemons[-1].send_signal(signal.SIGTERM)
+    assert daemons[-1].wait(20) == 0
+    assert time.monotonic() - t0 < 10

@@ -26,11 +26,18 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
 
 from logly.store.sqlite import SQLiteStore
+
+
+class Stop(Protocol):
+    """A threading.Event: long catch-ups end between hours when the daemon stops."""
+
+    def is_set(self) -> bool: ...
+
 
 ALL = "*"  # source and action of the per-hour totals row
 HOURLY_MARK = "aggregates_hourly_through"  # first hour not yet aggregated (storage text)
@@ -288,7 +295,8 @@ def _first_event_hour(store: SQLiteStore) -> datetime | None:
 
 
 def catch_up_hours(store: SQLiteStore, until: datetime,
-                   limit: timedelta | None = DEFAULT_CATCHUP) -> list[datetime]:
+                   limit: timedelta | None = DEFAULT_CATCHUP, stop: Stop | None = None
+                   ) -> list[datetime]:
     """Aggregate every complete hour before `until` that is not aggregated yet, oldest first,
     and return them. Where to start is the watermark; on a fresh database, the first event's
     hour (at most `limit` back; None = no limit). Hours whose events retention already deleted
@@ -316,7 +324,7 @@ def catch_up_hours(store: SQLiteStore, until: datetime,
         mark = ts(start)
     done: list[datetime] = []
     hour = start
-    while hour < end:
+    while hour < end and not (stop and stop.is_set()):
         if store_hour(store, hour, expect_mark=mark, mark=True) is None:
             break
         done.append(hour)
@@ -331,7 +339,7 @@ def _max_event_id(store: SQLiteStore) -> int:
                    .scalar_one())
 
 
-def catch_up_late(store: SQLiteStore) -> list[datetime]:
+def catch_up_late(store: SQLiteStore, stop: Stop | None = None) -> list[datetime]:
     """Hours behind the watermark that got events since the last run — a backfill racing the
     daemon's start-up catch-up, a rotated file read late — aggregated again, and their days
     rolled up again. Recomputing replaces rows, so a repeat is harmless. Event ids only grow,
@@ -348,8 +356,13 @@ def catch_up_late(store: SQLiteStore) -> list[datetime]:
         hours = sorted(r[0] for r in conn.exec_driver_sql(
             "SELECT DISTINCT substr(timestamp, 1, 13) FROM log_events "
             "WHERE id > ? AND id <= ? AND timestamp < ?", (int(seen_text), top, hourly_mark)))
-    done = [h for h in (datetime.strptime(t, "%Y-%m-%dT%H").replace(tzinfo=UTC) for t in hours)
-            if store_hour(store, h) is not None]
+    done = []
+    for text in hours:
+        if stop and stop.is_set():
+            return done  # the mark stays: the next run does these hours again
+        h = datetime.strptime(text, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+        if store_hour(store, h) is not None:
+            done.append(h)
     daily_mark = get_mark(store, DAILY_MARK)
     for day in sorted({h.date() for h in done}):
         if daily_mark is not None and day.isoformat() < daily_mark:
@@ -358,7 +371,8 @@ def catch_up_late(store: SQLiteStore) -> list[datetime]:
     return done
 
 
-def catch_up_days(store: SQLiteStore, until: datetime) -> list[date]:
+def catch_up_days(store: SQLiteStore, until: datetime, stop: Stop | None = None
+                  ) -> list[date]:
     """Roll up every UTC day before `until` whose hours are all aggregated and which is not
     rolled up yet; returns those days."""
     hourly_mark = get_mark(store, HOURLY_MARK)
@@ -377,7 +391,7 @@ def catch_up_days(store: SQLiteStore, until: datetime) -> list[date]:
         mark = start.isoformat()
     day, done = date.fromisoformat(mark), []
     kept = retained_from(store)
-    while day < end_day:
+    while day < end_day and not (stop and stop.is_set()):
         if kept is not None and ts(day_start(day)) < kept:
             # its raw events are gone: keep whatever was rolled up, only move past it
             if not _move_mark(store, DAILY_MARK, mark, (day + timedelta(days=1)).isoformat()):
