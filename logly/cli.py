@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from logly.clikit import ConfigOpt, Context, DbOpt, JsonOpt, _cell, _ctx, _table
+from logly.clikit import ConfigOpt, Context, DbOpt, JsonOpt, _cell, _ctx, _table, when
 from logly.errors import ExitCode, LoglyError, UsageError
 from logly.parsers.line import safe_text
 from logly.timespec import parse_time
@@ -228,7 +228,7 @@ def events(
         return
     table = _table("id", "time (UTC)", "host", "program", "action", "ip", "user", "message")
     for r in rows:
-        table.add_row(str(r["id"]), r["timestamp"][:19].replace("T", " "), _cell(r["host"]),
+        table.add_row(str(r["id"]), when(r["timestamp"]), _cell(r["host"]),
                       _cell(r["program"]), _cell(r["action"]), _cell(r["ip_address"]),
                       _cell(r["user"]), _cell(r["message"]))
     ctx.out.print(table)

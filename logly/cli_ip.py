@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from logly.clikit import ConfigOpt, Context, DbOpt, JsonOpt, _cell, _ctx, _table
+from logly.clikit import ConfigOpt, Context, DbOpt, JsonOpt, _cell, _ctx, _table, when
 from logly.errors import ExitCode, LoglyError, UsageError
 
 
@@ -24,10 +24,6 @@ class NotSeen(LoglyError):
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _ts(value: str | None) -> str:
-    return value[:19].replace("T", " ") if value else "-"
 
 
 def _fmt(n: float | None) -> str:
@@ -135,7 +131,7 @@ def register(app: typer.Typer) -> None:
             asn = f"AS{r['asn']} {r['org'] or ''}".strip() if r["asn"] else ""
             t.add_row(_cell(r["address"]), _fmt(r["score"]), r["verdict"],
                       f"{r['attempts']:,}", f"{r['users']:,}", f"{r['events']:,}",
-                      _ts(r["last_seen"]), _cell(r["country"]), _cell(asn),
+                      when(r["last_seen"]), _cell(r["country"]), _cell(asn),
                       _cell(", ".join(r["blocklists"])))
         ctx.out.print(t)
 
@@ -163,8 +159,8 @@ def _print_report(ctx: Context, r: dict[str, Any]) -> None:
     out.print(head)
     if r.get("note"):
         out.print(Text(r["note"]))
-    out.print(Text(f"first seen {_ts(r['first_seen'])}  last seen {_ts(r['last_seen'])}  "
-                   f"last attack {_ts(r['last_attack'])}  (UTC)  "
+    out.print(Text(f"first seen {when(r['first_seen'])}  last seen {when(r['last_seen'])}  "
+                   f"last attack {when(r['last_attack'])}  (UTC)  "
                    f"{r.get('events_total', 0):,} events"))
     if r["evidence"]:
         t = _table("points", "evidence", title="Why this score")
@@ -197,7 +193,7 @@ def _print_report(ctx: Context, r: dict[str, Any]) -> None:
     bans = r["bans"]
     if bans["count"]:
         facts.add_row("bans", _cell(f"{bans['count']}: " + ", ".join(
-            f"{_ts(b['timestamp'])} {b['jail']}" for b in bans["recent"])))
+            f"{when(b['timestamp'])} {b['jail']}" for b in bans["recent"])))
     if r.get("network"):
         n = r["network"]
         facts.add_row("/64", _cell(f"{n['address']}: score {_fmt(n['score'])}, "
@@ -212,18 +208,18 @@ def _print_report(ctx: Context, r: dict[str, Any]) -> None:
         t = _table("address", "score", "verdict", "last seen", title="Addresses in network")
         for m in r["members"][:20]:
             t.add_row(_cell(m["address"]), _fmt(m["score"]), _cell(m["verdict"]),
-                      _ts(m["last_seen"]))
+                      when(m["last_seen"]))
         out.print(t)
     if r["events"]:
         t = _table("id", "time (UTC)", "program", "action", "user", "message",
                    title="Recent events")
         for e in r["events"]:
-            t.add_row(str(e["id"]), _ts(e["timestamp"]), _cell(e["program"]),
+            t.add_row(str(e["id"]), when(e["timestamp"]), _cell(e["program"]),
                       _cell(e["action"]), _cell(e["user"]), _cell(e["message"]))
         out.print(t)
     if r["traces"]:
         t = _table("id", "severity", "last seen", "events", "title", title="Traces")
         for tr in r["traces"]:
-            t.add_row(str(tr["id"]), _cell(tr["severity"]), _ts(tr["last_seen"]),
+            t.add_row(str(tr["id"]), _cell(tr["severity"]), when(tr["last_seen"]),
                       f"{tr['event_count']:,}", _cell(tr["title"]))
         out.print(t)

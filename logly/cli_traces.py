@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from logly.clikit import ConfigOpt, DbOpt, JsonOpt, _cell, _ctx, _table
+from logly.clikit import ConfigOpt, DbOpt, JsonOpt, _cell, _ctx, _table, when
 from logly.errors import ExitCode, LoglyError, UsageError
 from logly.parsers.line import safe_text
 from logly.timespec import parse_time
@@ -27,10 +27,6 @@ class TraceNotFound(LoglyError):
 
 def _sev(value: str) -> Text:
     return Text(safe_text(value), style=_STYLE.get(value, ""))
-
-
-def _t(ts: str | None) -> str:
-    return (ts or "")[:19].replace("T", " ")
 
 
 def register(app: typer.Typer) -> None:
@@ -82,8 +78,8 @@ def register(app: typer.Typer) -> None:
                    "events", "title")
         for r in rows:
             t.add_row(str(r["id"]), _sev(r["severity"]), _cell(r["ip_address"]),
-                      _cell(r["user"]), _cell(r["host"]), _t(r["first_seen"]),
-                      _t(r["last_seen"]), f"{r['event_count']:,}", _cell(r["title"]))
+                      _cell(r["user"]), _cell(r["host"]), when(r["first_seen"]),
+                      when(r["last_seen"]), f"{r['event_count']:,}", _cell(r["title"]))
         ctx.out.print(t)
 
     @app.command()
@@ -112,7 +108,7 @@ def register(app: typer.Typer) -> None:
         out = ctx.out
         out.print(Text(f"Trace {tr['id']}: ") + _sev(tr["severity"]) + Text(" ")
                   + _cell(tr["title"]))
-        out.print(Text(f"{_t(tr['first_seen'])} -> {_t(tr['last_seen'])} UTC, "
+        out.print(Text(f"{when(tr['first_seen'])} -> {when(tr['last_seen'])} UTC, "
                        f"{tr['event_count']:,} events, {tr['status']}; address ")
                   + _cell(tr["ip_address"] or "-") + Text(", user ") + _cell(tr["user"] or "-")
                   + Text(", host ") + _cell(tr["host"] or "-"))
@@ -125,14 +121,14 @@ def register(app: typer.Typer) -> None:
             st = _table("#", "at (UTC)", "step", "severity", "event", "what",
                         title="Causality")
             for i, s in enumerate(tr["steps"], 1):
-                st.add_row(str(i), _t(s.get("at")), _cell(s.get("pattern") or s.get("kind")),
+                st.add_row(str(i), when(s.get("at"), ""), _cell(s.get("pattern") or s.get("kind")),
                            _sev(str(s.get("severity") or "")), str(s.get("event_id") or ""),
                            _cell(describe_step(s)))
             out.print(st)
         ev = _table("id", "time (UTC)", "program", "action", "ip", "user", "message",
                     title="Events")
         for e in tr["events"]:
-            ev.add_row(str(e["id"]), _t(e["timestamp"]), _cell(e["program"]),
+            ev.add_row(str(e["id"]), when(e["timestamp"]), _cell(e["program"]),
                        _cell(e["action"]), _cell(e["ip_address"]), _cell(e["user"]),
                        _cell(e["message"]))
         out.print(ev)
@@ -170,7 +166,7 @@ def register(app: typer.Typer) -> None:
                     where += f":{x['line_no']}"
                 if x["code"]:
                     where = f"{where} {x['code']}".strip()
-                et.add_row(_t(x["timestamp"]), _cell(x["error_type"]), _cell(x["category"]),
+                et.add_row(when(x["timestamp"]), _cell(x["error_type"]), _cell(x["category"]),
                            _sev(x["severity"]), _cell(where), _cell(x["hints"]))
             out.print(et)
         if tr["root_cause"]:

@@ -84,6 +84,11 @@ def cell(value: Any) -> Text:
     return Text("" if value is None else safe_text(str(value)))
 
 
+def when(stamp: str | None, missing: str = "-") -> str:
+    """A stored UTC timestamp as a table shows it: to the second, no T."""
+    return stamp[:19].replace("T", " ") if stamp else missing
+
+
 
 
 # short names used by the command modules

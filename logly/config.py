@@ -7,6 +7,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from logly.errors import ConfigError
@@ -95,6 +96,17 @@ def _expect(data: dict, key: str, kind: type | tuple[type, ...], where: Path) ->
     return value
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file (the config, rule data), or a ConfigError naming the file and the problem."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"{path}: cannot read: {why}") from None
+
+
 def load_config(
     path: str | Path | None = None,
     env: dict[str, str] | os._Environ[str] = os.environ,
@@ -103,12 +115,7 @@ def load_config(
     cfg_path = Path(explicit) if explicit else DEFAULT_CONFIG
     data: dict = {}
     if cfg_path.exists():
-        try:
-            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{cfg_path}: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"{cfg_path}: cannot read: {exc.strerror}") from None
+        data = read_toml(cfg_path)
     elif explicit:
         raise ConfigError(f"config file not found: {cfg_path}")
 

@@ -78,7 +78,8 @@ class Daemon:
             cfg.db = self.opts.db
         if self.opts.follow:
             cfg.sources = list(self.opts.follow)
-        # absolute paths: libbcc changes the working directory for a moment while it compiles
+        # absolute paths, now: libbcc changes the working directory for a moment while it
+        # compiles, and stores and followers are also made while it does
         cfg.db = cfg.db.absolute()
         cfg.sources = [
             dataclasses.replace(s, directory=s.directory and os.path.abspath(s.directory))

@@ -27,7 +27,6 @@ import collections
 import logging
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -105,24 +104,9 @@ class Settings:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
 
 
-def _raw_sections(config: Any) -> dict[str, Any]:
-    """The config file's tables. `Config.sections` once config.py keeps them; until then the
-    file `Config.source` is read again (load_config already validated its syntax)."""
-    sections = getattr(config, "sections", None)
-    if sections is not None:
-        return dict(sections)
-    source = getattr(config, "source", None)
-    if source is None:
-        return {}
-    try:
-        return tomllib.loads(source.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-
 def settings(config: Any) -> Settings:
     """The `[scheduler]`, `[retention]`, `[report]` and `[smtp]` tables, validated."""
-    raw = _raw_sections(config)
+    raw = config.sections
     out = Settings()
     for name, cls in (("scheduler", SchedulerConfig), ("retention", RetentionConfig),
                       ("report", ReportConfig), ("smtp", SmtpConfig)):

@@ -163,17 +163,9 @@ def compute_day(store: SQLiteStore, day: date) -> list[AggregateRow]:
                 "FROM hourly_aggregates WHERE hour >= ? AND hour < ? GROUP BY source, action "
                 "ORDER BY source, action", (start, end))
         ]
-        distinct = {
-            (r[0], r[1]): (int(r[2]), int(r[3]))
-            for r in conn.exec_driver_sql(
-                "SELECT source, action, count(DISTINCT ip_address), count(DISTINCT user) "
-                f"FROM log_events WHERE timestamp >= ? AND timestamp < ? AND {NOT_DUPLICATE} "
-                "GROUP BY source, action", (start, end))
-        }
-        total = conn.exec_driver_sql(
-            "SELECT count(DISTINCT ip_address), count(DISTINCT user) FROM log_events "
-            f"WHERE timestamp >= ? AND timestamp < ? AND {NOT_DUPLICATE}", (start, end)).one()
-        distinct[(ALL, ALL)] = (int(total[0]), int(total[1]))
+        # an address active in several hours counts once a day: from the events, not the hours
+        distinct = {(r.source, r.action): (r.unique_ips, r.unique_users)
+                    for r in _event_rows(conn, start, end)}
     for row in rows:
         row.unique_ips, row.unique_users = distinct.get((row.source, row.action), (0, 0))
     return rows

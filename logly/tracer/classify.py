@@ -10,12 +10,12 @@ transaction and are handed to correlation (error bursts) through `last_errors`.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from logly.config import read_toml
 from logly.errors import ConfigError
 
 SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
@@ -153,17 +153,8 @@ class Classifier:
         return out
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
 def remote_text_programs(path: str | Path) -> tuple[str, ...]:
-    value = _read(Path(path)).get("remote_text_programs", [])
+    value = read_toml(Path(path)).get("remote_text_programs", [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{path}: remote_text_programs must be a list of program names")
     return tuple(value)
@@ -171,7 +162,7 @@ def remote_text_programs(path: str | Path) -> tuple[str, ...]:
 
 def load_classes(path: str | Path) -> list[ErrorClass]:
     path = Path(path)
-    data = _read(path)
+    data = read_toml(path)
     unknown = set(data) - {"error", "remote_text_programs"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")

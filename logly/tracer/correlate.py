@@ -20,7 +20,7 @@ import itertools
 import json
 import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -505,17 +505,10 @@ class Correlator:
             a.recent.clear()
             return True
         # the attempts that led here join the trace too (they may be in earlier batches)
-        horizon = ev.t - self.rules.max_window
-        for t, eid, ts in a.recent:
-            if (t >= horizon and eid != ev.id and t >= tr.last_t - g.gap_seconds
-                    and not tr.has_event(eid)):
-                self._add(tr, None, eid)
-                if ts < tr.first_seen:
-                    tr.first_seen = ts
+        self._join(tr, a.recent, max(ev.t - self.rules.max_window, tr.last_t - g.gap_seconds),
+                   ev)
         a.recent.clear()
-        for p, values in fired:
-            self._step(tr, p, ev, values)
-        self._add(tr, ev)
+        self._fire(tr, fired, ev)
         return True
 
     # ---- user patterns ---------------------------------------------------------------------------
@@ -559,15 +552,11 @@ class Correlator:
         if fired:
             tr = self._trace("user-attack", ev.user, ev, self._gap("user-attack"), user=ev.user)
             if tr is not None:
-                horizon = ev.t - max(p.params["window_seconds"] for p, _ in fired)
-                for t, eid, ts in recent:  # the attempts that made it a pattern join it
-                    if t >= horizon and eid != ev.id and not tr.has_event(eid):
-                        self._add(tr, None, eid)
-                        tr.first_seen = min(tr.first_seen, ts)
+                # the attempts that made it a pattern join it
+                self._join(tr, recent, ev.t - max(p.params["window_seconds"] for p, _ in fired),
+                           ev)
                 recent.clear()
-                for p, values in fired:
-                    self._step(tr, p, ev, values)
-                self._add(tr, ev)
+                self._fire(tr, fired, ev)
         return False  # the address's own trace, if any, claims the event first
 
     def _login(self, ev: Ev) -> bool:
@@ -587,10 +576,8 @@ class Correlator:
                          user=ev.user)
         if tr is None:
             return False
-        for p, values in fired:
-            self._step(tr, p, ev, values)
         # not claiming the event first: an address trace (login after failures) says more
-        self._add(tr, ev)
+        self._fire(tr, fired, ev)
         return False
 
     def _privilege(self, ev: Ev) -> bool:
@@ -618,15 +605,10 @@ class Correlator:
             return True
         d = self.user_fails.get(ev.user)
         if d:  # the failures that made it a pattern join it
-            horizon = ev.t - max(p.params.get("window_seconds", 0) for p, _ in fired)
-            for t, eid, ts in d:
-                if t >= horizon and eid != ev.id and not tr.has_event(eid):
-                    self._add(tr, None, eid)
-                    tr.first_seen = min(tr.first_seen, ts)
+            self._join(tr, d, ev.t - max(p.params.get("window_seconds", 0) for p, _ in fired),
+                       ev)
             d.clear()
-        for p, values in fired:
-            self._step(tr, p, ev, values)
-        self._add(tr, ev)
+        self._fire(tr, fired, ev)
         return True
 
     def _account(self, ev: Ev) -> bool:
@@ -652,9 +634,7 @@ class Correlator:
         tr = self._trace("account", ev.user, ev, self._gap("account"), user=ev.user)
         if tr is None:
             return True
-        for p, values in fired:
-            self._step(tr, p, ev, values)
-        self._add(tr, ev)
+        self._fire(tr, fired, ev)
         return True
 
     # ---- errors ----------------------------------------------------------------------------------
@@ -728,6 +708,21 @@ class Correlator:
             self.open[(group, key)] = tr
             self._linking = self._linking | self.rules.traces[group].link_set
         return tr
+
+    def _join(self, tr: Trace, recent: Iterable[tuple[int, int, str]], horizon: int,
+              ev: Ev) -> None:
+        """Earlier events (t, id, timestamp) since `horizon` that led to `ev` join `tr`."""
+        for t, eid, ts in recent:
+            if t >= horizon and eid != ev.id and not tr.has_event(eid):
+                self._add(tr, None, eid)
+                if ts < tr.first_seen:
+                    tr.first_seen = ts
+
+    def _fire(self, tr: Trace, fired: list[tuple[Pattern, dict[str, Any]]], ev: Ev) -> None:
+        """The patterns that fired become steps of `tr`, and `ev` joins it."""
+        for p, values in fired:
+            self._step(tr, p, ev, values)
+        self._add(tr, ev)
 
     def _step(self, tr: Trace, p: Pattern, ev: Ev, values: dict[str, Any]) -> None:
         """Pattern p fired on ev for trace tr: a new step, or the same step again (cheap)."""

@@ -8,11 +8,11 @@ file and which entry, and why.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from logly.config import read_toml
 from logly.errors import ConfigError
 from logly.events import ACTIONS
 from logly.tracer.classify import SEVERITY_RANK, shipped_errors_path
@@ -98,12 +98,7 @@ def shipped_correlation_path() -> Path:
 
 def load_rules(path: str | Path | None = None) -> CorrelationRules:
     path = Path(path) if path else shipped_correlation_path()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    data = read_toml(path)
     unknown = set(data) - {"trace", "pattern", "failures"}
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}")

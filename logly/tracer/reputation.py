@@ -473,6 +473,20 @@ class Scored:
     facts: dict[str, float]
 
 
+def _add_capped(state: dict[str, Any], key: str, counts: dict[str, int], cap: int,
+                into: dict[str, int] | None = None) -> None:
+    """Add `counts` to state[key] (or `into`), keeping at most `cap` names; the rest only
+    counts, in state[key + "_over"]: an attacker must not grow a row without bound."""
+    kept = into if into is not None else state.setdefault(key, {})
+    for name, n in counts.items():
+        if name in kept:
+            kept[name] += n
+        elif len(kept) < cap:
+            kept[name] = n
+        else:
+            state[key + "_over"] = state.get(key + "_over", 0) + n
+
+
 def merge_state(state: dict[str, Any], users: dict[str, int], a: _Acc,
                 model: Model) -> tuple[dict[str, Any], dict[str, int]]:
     """Stored state + one batch's accumulation -> new state (pure; same order, same result)."""
@@ -484,22 +498,9 @@ def merge_state(state: dict[str, Any], users: dict[str, int], a: _Acc,
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
     if a.ports:
-        ports = state.setdefault("ports", {})
-        for p, v in a.ports.items():
-            k = str(p)
-            if k in ports:
-                ports[k] += v
-            elif len(ports) < model.max_ports_kept:
-                ports[k] = v
-            else:
-                state["ports_over"] = state.get("ports_over", 0) + v
-    for u, v in a.users.items():
-        if u in users:
-            users[u] += v
-        elif len(users) < model.max_users_kept:
-            users[u] = v
-        else:
-            state["users_over"] = state.get("users_over", 0) + v
+        _add_capped(state, "ports", {str(p): v for p, v in a.ports.items()},
+                    model.max_ports_kept)
+    _add_capped(state, "users", a.users, model.max_users_kept, users)
     # logins after a run of failures: the stored run continues into this batch
     run = state.get("streak", 0) + a.segs[0]
     for seg in a.segs[1:]:

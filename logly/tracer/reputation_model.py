@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from logly.config import read_toml
 from logly.errors import ConfigError
 
 MODEL_FILE = "reputation.toml"
@@ -94,13 +94,7 @@ class Model:
                 paths.append(p)
         data: dict[str, Any] = {}
         for p in paths:
-            try:
-                part = tomllib.loads(p.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{p}: {exc}") from None
-            except OSError as exc:
-                raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
-            _merge(data, part)
+            _merge(data, read_toml(p))
         return cls.from_dict(data, paths)
 
     @classmethod
