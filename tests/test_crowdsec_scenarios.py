@@ -38,14 +38,42 @@ SCENARIO_STEP = {
 }
 # scenarios Logly has no pattern for (yet); listed so that covering one makes this test say so
 UNSUPPORTED = {
-    "crowdsecurity/ssh-cve-2024-6387": "4 'Timeout before authentication' per address at 30 s "
-                                       "spacing: below every brute-force threshold",
-    "crowdsecurity/ssh-refused-conn": "one tcpwrappers 'refused connect' line: no single-line "
-                                      "pattern",
+    "crowdsecurity/ssh-cve-2024-6387": "4 login-grace timeouts (or packet-layer fatals) per "
+                                       "address: below every brute-force threshold; needs a "
+                                       "correlation pattern over SCENARIO_RULES' rules",
+    "crowdsecurity/ssh-refused-conn": "one tcpwrappers 'refused connect' line: needs a "
+                                      "single-event correlation pattern over SCENARIO_RULES' rule",
+}
+# The parser's half of a scenario: the rules (metadata "rule") whose lines the scenario counts,
+# matching CrowdSec's log_type filter (ssh_auth_timeout + ssh_dispatch_fatal for
+# ssh-cve-2024-6387, ssh_refused_conn for ssh-refused-conn). Each has a rule name of its own,
+# so a correlation pattern can select them without reading the message.
+SCENARIO_RULES = {
+    "crowdsecurity/ssh-cve-2024-6387": frozenset({"sshd/login-timeout", "sshd/dispatch-fatal"}),
+    "crowdsecurity/ssh-refused-conn": frozenset({"sshd/tcpwrappers-refused"}),
 }
 _SOURCE = re.compile(r'^"(?P<ip>[^"]+)" in results\[(?P<k>\d+)\]\.Overflow\.GetSources\(\)')
 _SCENARIO = re.compile(
     r'^results\[(?P<k>\d+)\]\.Overflow\.Alert\.GetScenario\(\) == "(?P<s>[^"]+)"')
+
+
+_EVENTS = re.compile(r'^results\[(?P<k>\d+)\]\.Overflow\.Alert\.GetEventsCount\(\) == (?P<n>\d+)')
+
+
+def expected_event_counts(folder: Path) -> dict[tuple[str, str], int]:
+    """(address, scenario) -> how many events CrowdSec's alert holds."""
+    sources: dict[str, set[str]] = {}
+    scenarios: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for raw in (folder / "scenario.assert").read_text(encoding="utf-8").splitlines():
+        if m := _SOURCE.match(raw.strip()):
+            sources.setdefault(m["k"], set()).add(m["ip"])
+        elif m := _SCENARIO.match(raw.strip()):
+            scenarios[m["k"]] = m["s"]
+        elif m := _EVENTS.match(raw.strip()):
+            counts[m["k"]] = int(m["n"])
+    return {(ip, scenarios[k]): counts[k] for k, ips in sources.items() for ip in ips
+            if k in counts}
 
 
 def expected_alerts(folder: Path) -> set[tuple[str, str]]:
@@ -122,6 +150,48 @@ def test_crowdsec_scenario(name: str, tmp_path: Path) -> None:
     extra = {ip: by_ip[ip] for ip in by_ip if ip not in wanted}
     assert not extra, f"traces for addresses the assert does not expect: {extra}"
     assert wanted <= addresses | {None}
+
+
+def _rule_events(db: Path) -> dict[str, list[tuple[str, str | None]]]:
+    """address -> (action, rule) of each stored event, in file order."""
+    from logly.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(db)
+    out: dict[str, list[tuple[str, str | None]]] = {}
+    try:
+        with store.engine.connect() as conn:
+            for ip, action, meta in conn.exec_driver_sql(
+                    'SELECT ip_address, action, metadata FROM log_events '
+                    'WHERE ip_address IS NOT NULL ORDER BY "offset"'):
+                rule = json.loads(meta).get("rule") if meta else None
+                out.setdefault(ip, []).append((action, rule))
+    finally:
+        store.close()
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n in scenario_tests()
+                                  if {s for _, s in expected_alerts(CORPUS / n)}
+                                  & set(SCENARIO_RULES)] or ["<corpus absent>"])
+def test_scenario_lines_have_rules_of_their_own(name: str, tmp_path: Path) -> None:
+    """Every line a not-yet-correlated scenario counts is an attack signal under its own rule."""
+    if name == "<corpus absent>":
+        if os.environ.get("CI"):
+            pytest.fail(f"CrowdSec corpus not found at {CORPUS}")
+        pytest.skip(f"CrowdSec corpus not found at {CORPUS}")
+    from logly.events import ATTACK_ACTIONS
+
+    replay(name, tmp_path)
+    events = _rule_events(tmp_path / f"{name}.db")
+    for (ip, scenario), count in expected_event_counts(CORPUS / name).items():
+        rules = SCENARIO_RULES.get(scenario)
+        if rules is None:
+            continue
+        got = events.get(ip, [])
+        hits = [r for a, r in got if r in rules and a in ATTACK_ACTIONS]
+        assert len(hits) >= count, (
+            f"{ip}: {scenario} counts {count} events, Logly has {len(hits)} under "
+            f"{sorted(rules)}: {got}")
 
 
 def main() -> None:
