@@ -13,6 +13,7 @@ import gc
 import json
 import marshal
 import multiprocessing as mp
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,7 @@ from logly.errors import LoglyError
 from logly.parsers.header import HeaderParser
 from logly.parsers.line import LineParser
 from logly.parsers.rules import RuleSet
-from logly.sources.files import Input, end_offset, read_lines
+from logly.sources.files import Input, end_offset, line_start_at_or_after, read_lines
 from logly.store.sqlite import BatchHook, SQLiteStore
 
 BATCH_LINES = 20_000
@@ -42,6 +43,14 @@ BULK_MIN_ROWS = 100_000
 # rebuild reads the whole table). With hooks the writer is the slower one: all are dropped.
 BULK_DROP_INDEXES = ("ix_log_events_ip_timestamp",)
 QUEUE_BATCHES = 4  # bounds memory: at most this many parsed batches wait for the writer
+# A large plain file is cut into blocks that parser processes take in turn; the writer stores
+# them in file order. Each block's parser starts fresh and first reads the WARMUP_BYTES before
+# its block (storing nothing), so sshd connections and PAM/sshd pairs that cross the cut are
+# still joined; one that began further back is left unjoined (no address filled in), never
+# joined wrongly.
+BLOCK_BYTES = 16 << 20
+WARMUP_BYTES = 1 << 20
+MAX_PARSE_WORKERS = 4
 
 
 @dataclass
@@ -138,9 +147,23 @@ def parse_batches(
     year: int | None = None,
     batch_lines: int = BATCH_LINES,
     batch_seconds: float = BATCH_SECONDS,
+    end: int | None = None,
+    warmup: int | None = None,
+    parser: LineParser | None = None,
 ) -> Iterator[Batch]:
-    """Parse `inp` from byte `start` into store-ready batches (rows in EVENT_INSERT_COLUMNS)."""
-    parse = LineParser(rules, HeaderParser(tz=tz, reference=inp.mtime, year=year)).parse
+    """Parse `inp` from byte `start` into store-ready batches (rows in EVENT_INSERT_COLUMNS).
+
+    `end` stops at that line start; `warmup`, an earlier line start, is read first into the
+    parser's connection memory, with nothing from it stored or counted.
+    """
+    line_parser = parser or LineParser(rules, HeaderParser(tz=tz, reference=inp.mtime,
+                                                           year=year))
+    parse = line_parser.parse
+    if warmup is not None and warmup < start:
+        before = (inp.stats.invalid_utf8, inp.stats.truncated)
+        for offset, _nxt, text in read_lines(inp, warmup, start):
+            parse(text, inp.path, offset)
+        inp.stats.invalid_utf8, inp.stats.truncated = before
     encode = MetadataEncoder().__call__  # bound: skips the instance-call slot per line
     path = inp.path
     stats = inp.stats
@@ -151,7 +174,7 @@ def parse_batches(
     next_offset = start
     deadline = time.monotonic() + batch_seconds
     add = rows.append
-    for offset, nxt, text in read_lines(inp, start):
+    for offset, nxt, text in read_lines(inp, start, end):
         out = parse(text, path, offset)
         ev = out.event
         n += 1
@@ -232,6 +255,81 @@ def _batches_in_child(args: tuple, kwargs: dict[str, Any]) -> Iterator[Batch]:
         proc.join()
 
 
+def parse_workers() -> int:
+    """Parser processes for a large plain file: one per CPU this process may use, up to 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_PARSE_WORKERS, cpus))
+
+
+def block_bounds(inp: Input, start: int, block: int = BLOCK_BYTES) -> list[int]:
+    """Line starts that cut a plain file from `start` into blocks of about `block` bytes; the
+    last block runs to the end of the file, whatever it has grown to by then."""
+    bounds = [start]
+    size = inp.size or 0
+    while bounds[-1] + block < size:
+        nxt = line_start_at_or_after(inp, bounds[-1] + block)
+        if nxt is None or nxt >= size:
+            break
+        bounds.append(nxt)
+    return bounds
+
+
+def _block_worker(queue: Any, first: int, step: int, bounds: list[int], args: tuple,
+                  kwargs: dict[str, Any]) -> None:
+    """Parse blocks first, first + step, ... of `bounds`; b"" after each block."""
+    gc.disable()
+    try:
+        inp, rules = args[0], args[1]
+        # a forked child shares the parent's file position: read through a descriptor of its own
+        inp.stream = open(f"/proc/self/fd/{inp.stream.fileno()}", "rb")  # noqa: SIM115
+        cache: dict = {}
+        for j in range(first, len(bounds), step):
+            begin = bounds[j]
+            end = bounds[j + 1] if j + 1 < len(bounds) else None
+            warm = None
+            if j:
+                warm = line_start_at_or_after(inp, max(bounds[0], begin - WARMUP_BYTES))
+            parser = LineParser(rules, HeaderParser(tz=kwargs.get("tz"), reference=inp.mtime,
+                                                    year=kwargs.get("year")))
+            parser.share_match_cache(cache)
+            for batch in parse_batches(inp, rules, args[2], begin, end=end, warmup=warm,
+                                       parser=parser, **kwargs):
+                queue.put(_encode_batch(batch))
+            queue.put(b"")
+        queue.put(None)
+    except BaseException:  # report, never hang the writer
+        queue.put(("error", traceback.format_exc()))
+
+
+def _batches_in_blocks(args: tuple, kwargs: dict[str, Any], bounds: list[int],
+                       workers: int) -> Iterator[Batch]:
+    ctx = mp.get_context("fork")
+    queues = [ctx.Queue(QUEUE_BATCHES) for _ in range(workers)]
+    procs = [ctx.Process(target=_block_worker, args=(q, w, workers, bounds, args, kwargs),
+                         daemon=True) for w, q in enumerate(queues)]
+    for p in procs:
+        p.start()
+    try:
+        for j in range(len(bounds)):
+            queue = queues[j % workers]
+            while True:
+                item = queue.get()
+                if item == b"":
+                    break
+                if item is None or isinstance(item, tuple):
+                    detail = item[1] if item else "it stopped before its block's end"
+                    raise LoglyError(f"parser process failed:\n{detail}")
+                yield _decode_batch(item)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+
+
 def ingest_input(
     store: SQLiteStore,
     rules: RuleSet,
@@ -245,6 +343,7 @@ def ingest_input(
     parallel: bool | None = None,
     bulk: bool | None = None,
     hooks: Sequence[BatchHook] = (),
+    block_bytes: int = BLOCK_BYTES,
 ) -> IngestSummary:
     t0 = time.perf_counter()
     summary = IngestSummary(inp.path)
@@ -258,7 +357,14 @@ def ingest_input(
               "batch_seconds": batch_seconds}
     if parallel is None:
         parallel = inp.kind != "file" or (inp.size or 0) - committed >= PARALLEL_MIN_BYTES
-    batches = _batches_in_child(args, kwargs) if parallel else parse_batches(*args, **kwargs)
+    workers = parse_workers() if parallel and inp.kind == "file" else 1
+    bounds = block_bounds(inp, committed, block_bytes) if workers > 1 else [committed]
+    if len(bounds) > 1:
+        batches = _batches_in_blocks(args, kwargs, bounds, min(workers, len(bounds)))
+    elif parallel:
+        batches = _batches_in_child(args, kwargs)
+    else:
+        batches = parse_batches(*args, **kwargs)
     expected_rows = ((inp.size or 0) - committed) // 100
     bulk = bulk if bulk is not None else (
         expected_rows >= BULK_MIN_ROWS and expected_rows > store.approx_event_rows())

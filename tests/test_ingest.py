@@ -172,3 +172,50 @@ def test_kill_9_mid_ingest_then_resume_stores_each_line_once(tmp_path: Path,
     total, distinct = conn.execute(
         'SELECT count(*), count(DISTINCT "offset") FROM log_events').fetchone()
     assert total == distinct == n
+
+
+def _stored(store: SQLiteStore) -> list[tuple]:
+    keep = ("timestamp", "host", "program", "pid", "level", "service", "action", "message",
+            "ip_address", "user", "port", "metadata", "offset")
+    return [tuple(str(e[k]).replace("/a/", "/b/") for k in keep) for e in events(store)]
+
+
+def test_blocks_parsed_in_parallel_store_what_one_parser_stores(
+        tmp_path: Path, rules: RuleSet) -> None:
+    """A large file is cut into blocks parsed by several processes. Cut into 64 KB blocks,
+    with sshd connections and PAM/sshd pairs crossing the cuts and a checkpoint in the middle,
+    it stores the same events, counts and links as one parser reading it through."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from ingest import generate  # the benchmark's realistic auth.log
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    full = tmp_path / "a" / "auth.log"  # the same name: metadata holds the path
+    generate(full, 12_000, seed=3)
+    raw = full.read_bytes()
+    os.utime(full, (1764000000, 1764000000))
+    one = SQLiteStore(str(tmp_path / "one.db"))
+    one.init()
+    s1 = ingest(one, rules, full, parallel=False)
+
+    log = tmp_path / "b" / "auth.log"
+    half = raw.index(b"\n", len(raw) // 3) + 1
+    log.write_bytes(raw[:half])
+    os.utime(log, (1764000000, 1764000000))
+    many = SQLiteStore(str(tmp_path / "many.db"))
+    many.init()
+    ingest(many, rules, log, parallel=False)
+    with open(log, "ab") as f:
+        f.write(raw[half:])
+    os.utime(log, (1764000000, 1764000000))
+    inp = open_input(str(log))
+    from logly.ingest import block_bounds, parse_workers
+    assert len(block_bounds(inp, half, 64 << 10)) > 5
+    inp.close()
+    s2 = ingest(many, rules, log, parallel=True, block_bytes=64 << 10)
+    assert s2.skipped_bytes == half and s2.lines == s1.lines - raw[:half].count(b"\n")
+    assert parse_workers() >= 1
+    assert len(_stored(many)) == s1.events == 12_000
+    assert _stored(many) == _stored(one)
+    dup = [e for e in events(many) if e["metadata"] and "duplicate_of" in e["metadata"]]
+    assert dup, "the log has PAM/sshd pairs: some must be linked"

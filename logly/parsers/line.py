@@ -56,6 +56,11 @@ class LineParser:
         self._peers: dict[tuple[str | None, int], tuple[str, str]] = {}
         self._matches: dict[tuple[str | None, str], Match | None] = {}
 
+    def share_match_cache(self, cache: dict) -> None:
+        """Use `cache` for match results: they depend on the rules only, so parsers of one
+        rule set (one per block of a file) can share it."""
+        self._matches = cache
+
     def parse(self, line: str, path: str | None = None, offset: int | None = None) -> Outcome:
         if len(line) > MAX_LINE:
             line, cut = line[:MAX_LINE], len(line)

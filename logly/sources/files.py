@@ -93,8 +93,12 @@ def _peek_line(inp: Input) -> bytes:
     return head[: nl + 1] if nl >= 0 else head
 
 
-def read_lines(inp: Input, start: int = 0) -> Iterator[tuple[int, int, str]]:
+def read_lines(inp: Input, start: int = 0,
+               end: int | None = None) -> Iterator[tuple[int, int, str]]:
     """Yield (offset, next offset, text) per line from byte `start`; the last even without `\\n`.
+
+    With `end` (a line start in a plain file), reading stops there: a parser process given one
+    block of the file reads that block only.
     """
     stream = inp.stream
     pos = 0
@@ -111,10 +115,13 @@ def read_lines(inp: Input, start: int = 0) -> Iterator[tuple[int, int, str]]:
     stats = inp.stats
     carry = b""
     carry_dropped = 0  # bytes of an over-long line past MAX_LINE_BYTES
-    while True:
-        chunk = stream.read(CHUNK)
+    left = None if end is None else max(0, end - pos)  # bytes the block still holds
+    while left is None or left > 0:
+        chunk = stream.read(CHUNK if left is None else min(CHUNK, left))
         if not chunk:
             break
+        if left is not None:
+            left -= len(chunk)
         if carry or carry_dropped:
             nl = chunk.find(b"\n")
             take = max(0, MAX_LINE_BYTES - len(carry))
@@ -148,6 +155,23 @@ def read_lines(inp: Input, start: int = 0) -> Iterator[tuple[int, int, str]]:
             carry = tail
     if carry or carry_dropped:
         yield pos, pos + len(carry) + carry_dropped, _decode(carry, stats, carry_dropped)
+
+
+def line_start_at_or_after(inp: Input, offset: int) -> int | None:
+    """The offset of the first line that starts at or after `offset` in a plain file (None: none
+    before the end). Reads with pread, so the stream's position is left alone."""
+    if offset <= 0:
+        return 0
+    fd = inp.stream.fileno()
+    pos = offset - 1  # a line starts at `offset` when the byte before it is a newline
+    while True:
+        buf = os.pread(fd, 1 << 16, pos)
+        if not buf:
+            return None
+        nl = buf.find(b"\n")
+        if nl >= 0:
+            return pos + nl + 1
+        pos += len(buf)
 
 
 def end_offset(inp: Input) -> int | None:
