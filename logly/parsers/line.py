@@ -163,24 +163,24 @@ class LineParser:
                     meta["address_from"] = "connection"
             if ambiguous:
                 meta["ambiguous_address"] = True
-        for name, value in zip(comp.fields, values, strict=True):
-            if value is None:
-                continue
-            if name == "ip":
-                if ambiguous:
-                    continue
-                addr = normalize_ip(value)
-                if addr is not None:
-                    ev.ip_address = addr
-                elif is_hostname(value):
-                    meta["rhost"] = value
-            elif name == "user":
-                ev.user = value
-            elif name == "port":
-                if not ambiguous:
-                    ev.port = int(value)
-            else:
-                meta[name] = value
+        if not ambiguous:
+            for i in comp.ip_at:
+                value = values[i]
+                if value is not None:
+                    addr = normalize_ip(value)
+                    if addr is not None:
+                        ev.ip_address = addr
+                    elif is_hostname(value):
+                        meta["rhost"] = value
+            for i in comp.port_at:
+                if values[i] is not None:
+                    ev.port = int(values[i])
+        for i in comp.user_at:
+            if values[i] is not None:
+                ev.user = values[i]
+        for i, name in comp.meta_at:
+            if values[i] is not None:
+                meta[name] = values[i]
         if rule.constants:
             for k, v in rule.constants.items():
                 meta.setdefault(k, v)

@@ -81,6 +81,17 @@ class Compiled:
     ip_sep: str = ""
     # capture names in group order, for zip() with match.groups()
     fields: tuple[str, ...] = ()
+    # where in match.groups() each named field sits, worked out once from `fields`
+    ip_at: tuple[int, ...] = field(init=False, default=())
+    user_at: tuple[int, ...] = field(init=False, default=())
+    port_at: tuple[int, ...] = field(init=False, default=())
+    meta_at: tuple[tuple[int, str], ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        at = {n: tuple(i for i, f in enumerate(self.fields) if f == n)
+              for n in ("ip", "user", "port")}
+        self.ip_at, self.user_at, self.port_at = at["ip"], at["user"], at["port"]
+        self.meta_at = tuple((i, f) for i, f in enumerate(self.fields) if f not in at)
 
 
 # --- grammar -----------------------------------------------------------------------------------
