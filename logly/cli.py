@@ -408,6 +408,11 @@ _state: dict[str, bool] = {"traceback": False}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from logly.cli_ip import run as run_fast  # `logly ip`/`ips` answer without typer
+
+    code = run_fast(sys.argv[1:] if argv is None else argv)
+    if code is not None:
+        return code
     err = Console(stderr=True, highlight=False)
     try:
         app(args=argv, prog_name="logly")

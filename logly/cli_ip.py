@@ -1,21 +1,34 @@
 """`logly ip ADDR|CIDR` and `logly ips`: thin commands over logly.tracer.reputation_query.
 
-`register(app)` adds them to the main typer app (logly/cli.py calls it). Exit codes: 0 the
-address or network is known, 1 never seen (ExitCode.NOT_FOUND), 2 not an address. User names,
-messages and program names come from attackers: every such value goes through `cell()`, and
-JSON is printed ASCII-escaped.
+Two ways in, one way through. `run(argv)` takes `logly ip ADDR [--json] [--events N]` and
+`logly ips [--top N] [--since WHEN] [--json]` (with --db/--config) in a process that loads
+neither typer, rich nor SQLAlchemy: the `logly` console script (logly/cli_entry.py) and
+`logly.cli.main` try it first, because a new process must answer in 50 ms on 10M events and
+those imports alone take most of a second. What it does not take on (--help, --recompute, a
+bad option value) goes to the typer commands that `register(app)` adds; they parse the same
+options and call the same `show_ip` / `show_ips`. Tables and JSON come from logly/plaintext.py.
+
+Exit codes: 0 the address or network is known, 1 never seen (ExitCode.NOT_FOUND), 2 not an
+address. User names, messages and program names come from attackers: every table cell goes
+through `safe_text`, and JSON is printed ASCII-escaped.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: typer reads the option annotations of the commands
+# `register` defines, and those name typer, which is imported there and not at module level.
+import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
-import typer
-from rich.text import Text
-
-from logly.clikit import ConfigOpt, Context, DbOpt, JsonOpt, _cell, _ctx, _table, when
 from logly.errors import ExitCode, LoglyError, UsageError
+from logly.plaintext import Table, json_line, lines, safe_text, when, width_of
+
+if TYPE_CHECKING:
+    import typer
+
+    from logly.config import Config
+    from logly.tracer.reputation import Reputation
 
 
 class NotSeen(LoglyError):
@@ -32,7 +45,139 @@ def _fmt(n: float | None) -> str:
     return f"{n:,.0f}" if float(n).is_integer() else f"{n:,.1f}"
 
 
-def register(app: typer.Typer) -> None:
+# ---- the commands, whichever way they came in ---------------------------------------------
+def show_ip(config: "Config", address: str, *, events: int = 10, as_json: bool = False,
+            out: IO[str] | None = None, rep: "Reputation | None" = None) -> None:
+    """Print what is known about an address or network; NotSeen or UsageError otherwise."""
+    from logly.tracer.reputation import load_for_cli
+    from logly.tracer.reputation_query import connect, ip_report, parse_target
+
+    out = out or sys.stdout
+    target = parse_target(address)
+    conn = connect(config.db)
+    try:
+        report = ip_report(conn, rep or load_for_cli(config), target, _now(), recent=events)
+    finally:
+        conn.close()
+    if report is None:
+        raise NotSeen(f"{target.text} was never seen in this database")
+    out.write(json_line(report) if as_json else render_report(report, width_of(out)))
+
+
+def show_ips(config: "Config", top: int = 20, since: str | None = None, *,
+             as_json: bool = False, out: IO[str] | None = None) -> None:
+    """Print the worst addresses by current score, seen since `since` (24h, 7d, ISO)."""
+    from logly.timespec import parse_time
+    from logly.tracer.reputation import load_for_cli
+    from logly.tracer.reputation_query import connect
+    from logly.tracer.reputation_query import top as top_rows
+
+    out = out or sys.stdout
+    now = _now()
+    start = parse_time(since, now) if since else None
+    conn = connect(config.db)
+    try:
+        rows = top_rows(conn, load_for_cli(config), top, start, now)
+    finally:
+        conn.close()
+    if as_json:
+        out.write(json_line(rows))
+        return
+    t = Table("address", "score", "verdict", "attempts", "users", "events", "last seen",
+              "country", "ASN", "blocklists", title="Addresses by reputation")
+    for r in rows:
+        asn = f"AS{r['asn']} {r['org'] or ''}".strip() if r["asn"] else ""
+        t.add_row(r["address"], _fmt(r["score"]), r["verdict"], f"{r['attempts']:,}",
+                  f"{r['users']:,}", f"{r['events']:,}", when(r["last_seen"]), r["country"],
+                  asn, ", ".join(r["blocklists"]))
+    out.write(t.render(width_of(out)))
+
+
+# ---- the fast way in: argv, no typer ------------------------------------------------------
+_VALUED = {"ip": ("--db", "--config", "--events"), "ips": ("--db", "--config", "--top", "--since")}
+_MINIMUM = {"--events": 0, "--top": 1}
+
+
+def parse_argv(argv: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
+    """(command, options) for the forms `run` answers, None for anything else: another
+    command, --help, --recompute, an option before the command, a value typer would refuse
+    (typer then says what is wrong, as for every command)."""
+    if not argv or argv[0] not in _VALUED:
+        return None
+    cmd, valued = argv[0], _VALUED[argv[0]]
+    opts: dict[str, Any] = {"--json": False, "--db": None, "--config": None,
+                            "--events": 10, "--top": 20, "--since": None}
+    args: list[str] = []
+    rest = list(argv[1:])
+    while rest:
+        tok = rest.pop(0)
+        if tok == "--json":
+            opts["--json"] = True
+            continue
+        name, eq, value = tok.partition("=")
+        if name in valued:
+            if not eq:
+                if not rest:
+                    return None
+                value = rest.pop(0)
+            if name in _MINIMUM:
+                try:
+                    number = int(value)
+                except ValueError:
+                    return None
+                if number < _MINIMUM[name]:
+                    return None
+                opts[name] = number
+            else:
+                opts[name] = value
+            continue
+        if tok.startswith("-"):
+            return None
+        args.append(tok)
+    if len(args) != (1 if cmd == "ip" else 0):
+        return None
+    opts["address"] = args[0] if args else None
+    return cmd, opts
+
+
+def run(argv: Sequence[str]) -> int | None:
+    """Answer `logly ip ...` / `logly ips ...` and return the exit code, or None when these
+    arguments are for the typer app (see `parse_argv`)."""
+    parsed = parse_argv(argv)
+    if parsed is None:
+        return None
+    cmd, o = parsed
+    from logly.config import load_config
+
+    try:
+        # the [scheduler]/[report] tables are checked where they are used, not on this path
+        config = load_config(o["--config"], check_stages=False)
+        if o["--db"] is not None:
+            config.db = Path(o["--db"])
+        if cmd == "ip":
+            show_ip(config, o["address"], events=o["--events"], as_json=o["--json"])
+        else:
+            show_ips(config, o["--top"], o["--since"], as_json=o["--json"])
+    except LoglyError as exc:
+        sys.stderr.write(f"logly: {safe_text(str(exc))}\n")
+        if exc.hint:
+            sys.stderr.write(f"hint: {safe_text(exc.hint)}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("Interrupted.\n")
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
+
+
+# ---- the typer commands (help, --recompute) -----------------------------------------------
+def register(app: "typer.Typer") -> None:
+    from typing import Annotated
+
+    import typer
+    from rich.text import Text
+
+    from logly.clikit import ConfigOpt, DbOpt, JsonOpt, _ctx
+
     @app.command("ip")
     def ip_cmd(
         address: Annotated[str | None, typer.Argument(
@@ -56,10 +201,10 @@ def register(app: typer.Typer) -> None:
         Example: logly ip 2001:db8:44::/64 --json
         Example: logly ip --recompute
         """
-        from logly.tracer.reputation import Reputation, load_for_cli
+        from logly.tracer.reputation import Reputation
         from logly.tracer.reputation_jobs import recompute as recompute_all
         from logly.tracer.reputation_jobs import recompute_addresses
-        from logly.tracer.reputation_query import ip_report, parse_target
+        from logly.tracer.reputation_query import parse_target
 
         ctx = _ctx(db, config)
         if address is None:
@@ -77,9 +222,10 @@ def register(app: typer.Typer) -> None:
                     f"{res.seconds:,.1f} s; {res.changed:,} rows differed from the "
                     "incrementally kept table"))
             return
-        target = parse_target(address)
-        store = ctx.store()
+        rep = None
         if recompute:
+            target = parse_target(address)
+            store = ctx.store()
             store.init()
             rep = Reputation.from_config(ctx.config)
             hosts = [target.text] if target.is_host else _hosts_in(store, target)
@@ -89,15 +235,8 @@ def register(app: typer.Typer) -> None:
             res = recompute_addresses(store, rep, hosts)
             ctx.err.print(Text(f"recomputed {res.addresses:,} rows from {res.events:,} "
                                f"events; {res.changed:,} changed"))
-        else:
-            rep = load_for_cli(ctx.config)
-        report = ip_report(store, rep, target, _now(), recent=events)
-        if report is None:
-            raise NotSeen(f"{target.text} was never seen in this database")
-        if as_json:
-            ctx.print_json(report)
-            return
-        _print_report(ctx, report)
+        show_ip(ctx.config, address, events=events, as_json=as_json, out=ctx.out.file,
+                rep=rep)
 
     @app.command("ips")
     def ips_cmd(
@@ -114,112 +253,91 @@ def register(app: typer.Typer) -> None:
         Example: logly ips --top 20 --since 7d
         Example: logly ips --json
         """
-        from logly.timespec import parse_time
-        from logly.tracer.reputation import load_for_cli
-        from logly.tracer.reputation_query import top as top_rows
-
         ctx = _ctx(db, config)
-        now = _now()
-        start = parse_time(since, now) if since else None
-        rows = top_rows(ctx.store(), load_for_cli(ctx.config), top, start, now)
-        if as_json:
-            ctx.print_json(rows)
-            return
-        t = _table("address", "score", "verdict", "attempts", "users", "events", "last seen",
-                   "country", "ASN", "blocklists", title="Addresses by reputation")
-        for r in rows:
-            asn = f"AS{r['asn']} {r['org'] or ''}".strip() if r["asn"] else ""
-            t.add_row(_cell(r["address"]), _fmt(r["score"]), r["verdict"],
-                      f"{r['attempts']:,}", f"{r['users']:,}", f"{r['events']:,}",
-                      when(r["last_seen"]), _cell(r["country"]), _cell(asn),
-                      _cell(", ".join(r["blocklists"])))
-        ctx.out.print(t)
+        show_ips(ctx.config, top, since, as_json=as_json, out=ctx.out.file)
 
 
 def _hosts_in(store: Any, target: Any) -> list[str]:
     """Every address inside a network that has a reputation row or events (for --recompute)."""
-    from logly.tracer.reputation_query import members_in
+    from logly.tracer.reputation_query import members_in, reading
 
-    with store.engine.connect() as conn:
+    with reading(store) as conn:
         return [m["address"] for m in members_in(conn, target.network)]
 
 
-def _print_report(ctx: Context, r: dict[str, Any]) -> None:
-    out = ctx.out
-    head = Text()
-    head.append_text(_cell(r["address"]))
-    head.stylize("bold")
+# ---- the report as text -------------------------------------------------------------------
+def render_report(r: dict[str, Any], width: int) -> str:
+    """`ip_report`'s dict as the tables `logly ip` prints."""
+    head = r["address"]
     if r["score"] is None:
-        head.append("  not scored")
+        head += "  not scored"
     else:
-        head.append(f"  score {_fmt(r['score'])}/100")
+        head += f"  score {_fmt(r['score'])}/100"
         if r["base_score"] != r["score"]:
-            head.append(f" ({_fmt(r['base_score'])} before decay)")
-    head.append(f"  {r['verdict']}", style="bold red" if r["verdict"] == "malicious" else "")
-    out.print(head)
+            head += f" ({_fmt(r['base_score'])} before decay)"
+    out = lines(head + f"  {r['verdict']}", width)
     if r.get("note"):
-        out.print(Text(r["note"]))
-    out.print(Text(f"first seen {when(r['first_seen'])}  last seen {when(r['last_seen'])}  "
-                   f"last attack {when(r['last_attack'])}  (UTC)  "
-                   f"{r.get('events_total', 0):,} events"))
+        out += lines(r["note"], width)
+    out += lines(f"first seen {when(r['first_seen'])}  last seen {when(r['last_seen'])}  "
+                 f"last attack {when(r['last_attack'])}  (UTC)  "
+                 f"{r.get('events_total', 0):,} events", width)
     if r["evidence"]:
-        t = _table("points", "evidence", title="Why this score")
+        t = Table("points", "evidence", title="Why this score")
         for e in r["evidence"]:
             pts = e["points"]
             t.add_row(f"{pts:+.1f}" if abs(pts) >= 0.05 or pts == 0 else f"{pts:+.2f}",
-                      _cell(e["text"]))
-        out.print(t)
-    facts = _table("", "", title=None)
+                      e["text"])
+        out += t.render(width)
+    facts = Table("", "")
     facts.show_header = False
     geo, asn = r.get("geo") or {}, r.get("asn") or {}
     if geo:
-        facts.add_row("location", _cell(", ".join(str(v) for v in (
-            geo.get("city"), geo.get("country"), geo.get("country_code")) if v)))
+        facts.add_row("location", ", ".join(str(v) for v in (
+            geo.get("city"), geo.get("country"), geo.get("country_code")) if v))
     if asn:
-        facts.add_row("ASN", _cell(f"AS{asn.get('asn')} {asn.get('org') or ''}"))
-    facts.add_row("blocklists", _cell(", ".join(r["blocklists"]) or "none"))
+        facts.add_row("ASN", f"AS{asn.get('asn')} {asn.get('org') or ''}")
+    facts.add_row("blocklists", ", ".join(r["blocklists"]) or "none")
     if r["users"]:
         shown = list(r["users"].items())[:15]
         more = r["users_total"] - len(shown)
-        facts.add_row("users tried", _cell(", ".join(f"{u} ({n})" for u, n in shown)
-                                           + (f" and {more:,} more" if more > 0 else "")))
+        facts.add_row("users tried", ", ".join(f"{u} ({n})" for u, n in shown)
+                      + (f" and {more:,} more" if more > 0 else ""))
     if r["logins"]:
-        facts.add_row("logins", _cell(", ".join(f"{u} ({n})" for u, n in r["logins"].items())))
+        facts.add_row("logins", ", ".join(f"{u} ({n})" for u, n in r["logins"].items()))
     if r["ports"]:
         ports = list(r["ports"].items())
-        facts.add_row("ports", _cell(", ".join(f"{p} ({n})" for p, n in ports[:20])
-                                     + (f" and {len(ports) - 20} more" if len(ports) > 20
-                                        else "")))
+        facts.add_row("ports", ", ".join(f"{p} ({n})" for p, n in ports[:20])
+                      + (f" and {len(ports) - 20} more" if len(ports) > 20 else ""))
     bans = r["bans"]
     if bans["count"]:
-        facts.add_row("bans", _cell(f"{bans['count']}: " + ", ".join(
-            f"{when(b['timestamp'])} {b['jail']}" for b in bans["recent"])))
+        facts.add_row("bans", f"{bans['count']}: " + ", ".join(
+            f"{when(b['timestamp'])} {b['jail']}" for b in bans["recent"]))
     if r.get("network"):
         n = r["network"]
-        facts.add_row("/64", _cell(f"{n['address']}: score {_fmt(n['score'])}, "
-                                   f"{n['members'] or 0} addresses"))
-    out.print(facts)
+        facts.add_row("/64", f"{n['address']}: score {_fmt(n['score'])}, "
+                             f"{n['members'] or 0} addresses")
+    out += facts.render(width)
     if r["counts"]:
-        t = _table("action", "count", title="Attempts by action")
+        t = Table("action", "count", title="Attempts by action")
         for action, n in r["counts"].items():
-            t.add_row(_cell(action), f"{n:,}")
-        out.print(t)
+            t.add_row(action, f"{n:,}")
+        out += t.render(width)
     if r.get("members"):
-        t = _table("address", "score", "verdict", "last seen", title="Addresses in network")
+        t = Table("address", "score", "verdict", "last seen", title="Addresses in network")
         for m in r["members"][:20]:
-            t.add_row(_cell(m["address"]), _fmt(m["score"]), _cell(m["verdict"]),
-                      when(m["last_seen"]))
-        out.print(t)
+            t.add_row(m["address"], _fmt(m["score"]), m["verdict"], when(m["last_seen"]))
+        out += t.render(width)
     if r["events"]:
-        t = _table("id", "time (UTC)", "program", "action", "user", "message",
-                   title="Recent events")
+        t = Table("id", "time (UTC)", "program", "action", "user", "message",
+                  title="Recent events")
         for e in r["events"]:
-            t.add_row(str(e["id"]), when(e["timestamp"]), _cell(e["program"]),
-                      _cell(e["action"]), _cell(e["user"]), _cell(e["message"]))
-        out.print(t)
+            t.add_row(e["id"], when(e["timestamp"]), e["program"], e["action"], e["user"],
+                      e["message"])
+        out += t.render(width)
     if r["traces"]:
-        t = _table("id", "severity", "last seen", "events", "title", title="Traces")
+        t = Table("id", "severity", "last seen", "events", "title", title="Traces")
         for tr in r["traces"]:
-            t.add_row(str(tr["id"]), _cell(tr["severity"]), when(tr["last_seen"]),
-                      f"{tr['event_count']:,}", _cell(tr["title"]))
-        out.print(t)
+            t.add_row(tr["id"], tr["severity"], when(tr["last_seen"]),
+                      f"{tr['event_count']:,}", tr["title"])
+        out += t.render(width)
+    return out

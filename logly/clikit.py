@@ -6,7 +6,6 @@ app in `logly/cli.py`.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,11 @@ from rich.text import Text
 
 from logly.config import Config, load_config
 from logly.errors import LoglyError
-from logly.parsers.line import safe_text
 from logly.parsers.rules import RuleError, RuleSet
+from logly.plaintext import json_line, safe_text, when
 from logly.store.sqlite import SQLiteStore
+
+__all__ = ["ConfigOpt", "Context", "DbOpt", "JsonOpt", "cell", "make_context", "table", "when"]
 
 
 @dataclass
@@ -45,8 +46,7 @@ class Context:
             raise LoglyError(f"rule file does not load: {exc}") from None
 
     def print_json(self, data: Any) -> None:
-        # ensure_ascii: no raw control or C1 bytes from log content reach the terminal
-        self.out.file.write(json.dumps(data, ensure_ascii=True, indent=None) + "\n")
+        self.out.file.write(json_line(data))
 
 
 DbOpt = Annotated[
@@ -82,13 +82,6 @@ def table(*headers: str, title: str | None = None) -> Table:
 
 def cell(value: Any) -> Text:
     return Text("" if value is None else safe_text(str(value)))
-
-
-def when(stamp: str | None, missing: str = "-") -> str:
-    """A stored UTC timestamp as a table shows it: to the second, no T."""
-    return stamp[:19].replace("T", " ") if stamp else missing
-
-
 
 
 # short names used by the command modules

@@ -8,13 +8,23 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from logly.errors import ConfigError
-from logly.parsers.rules import shipped_rules_dir
+
+# Only the standard library and logly.errors here: `logly ip` reads the config in a process
+# that must answer in milliseconds (see logly/cli_entry.py).
 
 DEFAULT_CONFIG = Path("/etc/logly/logly.toml")
 DEFAULT_RULES_D = Path("/etc/logly/rules.d")
+
+
+def shipped_rules_dir() -> Path:
+    """The rules/ shipped with Logly: inside the package when installed, else the repo's."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "rules", here.parent / "rules"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("shipped rules/ directory not found")
 
 
 def default_db_path(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
@@ -81,6 +91,8 @@ class Config:
     def tzinfo(self):  # type: ignore[no-untyped-def]
         if not self.timezone:
             return None
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
         try:
             return ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -110,7 +122,12 @@ def read_toml(path: Path) -> dict[str, Any]:
 def load_config(
     path: str | Path | None = None,
     env: dict[str, str] | os._Environ[str] = os.environ,
+    *,
+    check_stages: bool = True,
 ) -> Config:
+    """The config in force. `check_stages=False` skips validating the [scheduler],
+    [retention], [report] and [smtp] tables (it loads the scheduler and the store): for a
+    read-only command that uses none of them, such as `logly ip`."""
     explicit = path or env.get("LOGLY_CONFIG")
     cfg_path = Path(explicit) if explicit else DEFAULT_CONFIG
     data: dict = {}
@@ -194,6 +211,8 @@ def load_config(
         extra_dirs = [Path(p) for p in env["LOGLY_RULES_DIRS"].split(":") if p]
     cfg.rules_dirs = [shipped_rules_dir(), *extra_dirs]
     cfg.tzinfo()  # validate now, not at the first line
+    if not check_stages:
+        return cfg
     from logly.scheduler import settings  # late: the scheduler imports this module
 
     settings(cfg)  # a bad [scheduler]/[retention]/[report]/[smtp] fails at load, not at 3 am

@@ -570,12 +570,12 @@ def test_top_since_filters_old_addresses(world: dict) -> None:
 
 def test_top_reads_few_rows_and_ranks_like_a_full_read(world: dict) -> None:
     """`logly ips` stops reading once the stored score bounds out the rest; same answer."""
-    from logly.tracer.reputation_query import _listing, _ranked
+    from logly.tracer.reputation_query import _listing, _ranked, reading
 
     store = world["store"]
     rep = Reputation.from_config(load_config(world["cfg"]))
     now = datetime.now(UTC) + timedelta(days=3)  # scores have faded since they were stored
-    with store.engine.connect() as conn:
+    with reading(store) as conn:
         full, complete = _ranked(conn, rep, None, now, 0)
         assert complete
         part, complete = _ranked(conn, rep, None, now, 3)

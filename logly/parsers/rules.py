@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from logly.config import shipped_rules_dir
 from logly.events import ACTIONS, LEVELS
 from logly.parsers.patterns import Compiled, PatternError, compile_pattern
 
@@ -127,14 +128,6 @@ def load_file(path: str | Path) -> RuleFile:
         if not rule.patterns:
             raise RuleError(path, rule.line, f"rule [{rule.name}] has no match")
     return RuleFile(path, programs, service, rules)
-
-
-def shipped_rules_dir() -> Path:
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "rules", here.parent / "rules"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("shipped rules/ directory not found")
 
 
 def rule_files(dirs: Iterable[str | Path]) -> list[Path]:

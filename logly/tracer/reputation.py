@@ -28,13 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from logly.errors import ConfigError
-from logly.store.sqlite import BatchHook, utcnow
 from logly.tracer.blocklist import Blocklists, NetSet, addr_int
 from logly.tracer.geoip import GeoIP
 from logly.tracer.reputation_model import Model, parse_duration
+
+if TYPE_CHECKING:  # the read side (`logly ip`) loads this module without SQLAlchemy
+    from logly.store.sqlite import BatchHook
 
 Clock = Callable[[], datetime]
 TABLE = "ip_reputation"
@@ -375,6 +377,8 @@ class Reputation:
     def _stamp(self) -> str:
         """`updated` for this batch: a UTC time, strictly increasing within the process, so a
         cached state is known current exactly when the row still carries its stamp."""
+        from logly.store.sqlite import utcnow
+
         stamp = utcnow()
         if stamp <= self._last_stamp:
             t = parse_ts(self._last_stamp) + timedelta(microseconds=1)

@@ -84,7 +84,7 @@ class Model:
     @classmethod
     def load(cls, dirs: Iterable[str | Path] | None = None) -> Model:
         """The shipped file, with any `reputation.toml` of later rule dirs merged over it."""
-        from logly.parsers.rules import shipped_rules_dir
+        from logly.config import shipped_rules_dir
 
         shipped = shipped_rules_dir()
         paths = [shipped / MODEL_FILE]

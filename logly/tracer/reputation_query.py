@@ -5,6 +5,10 @@ Both read what the batch hook stored and apply the decay for the current time, s
 commands always agree with each other. Every query is an index lookup (`ip_reputation` by
 address or /64, `log_events` by address and time, `event_traces` by address), so the cost does
 not grow with the size of the database; a CIDR query sums the host rows inside it.
+
+The queries run on a DB-API sqlite3 connection, a SQLiteStore's (`reading(store)`) or one of
+`connect(path)`: `logly ip` in a new process opens the database with the standard library
+alone, so this module and what it imports load no SQLAlchemy (logly/cli_ip.py).
 """
 
 from __future__ import annotations
@@ -12,14 +16,20 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from logly.errors import UsageError
+from logly.errors import LoglyError, UsageError
 from logly.parsers.addresses import normalize_ip
-from logly.store.sqlite import SQLiteStore
 from logly.tracer.reputation import BANS_KEPT, Reputation, fade_age, net64
+
+if TYPE_CHECKING:
+    from logly.store.sqlite import SQLiteStore
 
 RECENT_EVENTS = 10
 RECENT_TRACES = 10
@@ -37,6 +47,49 @@ class Target:
     @property
     def is_host(self) -> bool:
         return self.network is None
+
+
+def connect(path: str | Path, *, busy_timeout_ms: int = 10_000) -> sqlite3.Connection:
+    """A connection for reading, without SQLAlchemy: the database must exist and carry a
+    schema (the same check and message as SQLiteStore.require_schema); the same busy
+    timeout as the store, so a write in progress makes it wait rather than fail."""
+    p = Path(path).absolute()
+    missing = LoglyError(f"no Logly database at {p}", hint="run `logly init` first")
+    if not p.exists():
+        raise missing
+    conn = sqlite3.connect(p, timeout=busy_timeout_ms / 1000, isolation_level=None)
+    try:
+        row = conn.execute("SELECT value FROM metadata WHERE key='schema_version'").fetchone()
+    except sqlite3.DatabaseError:
+        row = None
+    if not row or not int(row[0]):
+        conn.close()
+        raise missing
+    return conn
+
+
+@contextmanager
+def reading(db: SQLiteStore | sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """The DB-API connection of `db` (a SQLiteStore, or a sqlite3 connection as `connect`
+    gives), inside one read transaction: every query of a report sees one snapshot."""
+    if isinstance(db, sqlite3.Connection):
+        with _snapshot(db) as conn:
+            yield conn
+        return
+    with db.engine.connect() as sa, _snapshot(sa.connection.driver_connection) as conn:
+        yield conn
+
+
+@contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("ROLLBACK")
 
 
 def parse_target(text: str) -> Target:
@@ -66,25 +119,26 @@ def _row(r: Any) -> dict[str, Any]:
     return d
 
 
-def members_in(conn: Any, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[dict]:
+def members_in(conn: sqlite3.Connection,
+               net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[dict]:
     """Host rows inside `net`, found through an index range and checked exactly."""
     if net.version == 6:
         if net.prefixlen >= 64:
-            rows = conn.exec_driver_sql(_SELECT + "WHERE net = ?",
-                                        (net64(str(net.network_address)),))
+            rows = conn.execute(_SELECT + "WHERE net = ?",
+                                (net64(str(net.network_address)),))
         else:
-            rows = conn.exec_driver_sql(_SELECT + "WHERE net IS NOT NULL")
+            rows = conn.execute(_SELECT + "WHERE net IS NOT NULL")
     else:
         octets = str(net.network_address).split(".")
         keep = net.prefixlen // 8  # whole octets shared by every member, as a text prefix
         if keep == 0:
-            rows = conn.exec_driver_sql(_SELECT + "WHERE address NOT LIKE '%:%' "
-                                        "AND address NOT LIKE '%/%'")
+            rows = conn.execute(_SELECT + "WHERE address NOT LIKE '%:%' "
+                                "AND address NOT LIKE '%/%'")
         else:
             prefix = ".".join(octets[:keep]) + "."
             # '/' sorts right after '.': [prefix, prefix-with-'/') is every text starting so
-            rows = conn.exec_driver_sql(_SELECT + "WHERE address >= ? AND address < ?",
-                                        (prefix, prefix[:-1] + "/"))
+            rows = conn.execute(_SELECT + "WHERE address >= ? AND address < ?",
+                                (prefix, prefix[:-1] + "/"))
     out = []
     for r in rows:
         if "/" in r[0]:
@@ -144,17 +198,17 @@ def _score(rep: Reputation, row: dict[str, Any], now: datetime) -> tuple[float, 
     return round(base * rep.model.decay(age, rep.half_life), 3), age
 
 
-def ip_report(store: SQLiteStore, rep: Reputation, target: Target, now: datetime, *,
-              recent: int = RECENT_EVENTS) -> dict[str, Any] | None:
+def ip_report(db: SQLiteStore | sqlite3.Connection, rep: Reputation, target: Target,
+              now: datetime, *, recent: int = RECENT_EVENTS) -> dict[str, Any] | None:
     """Everything `logly ip` shows, or None if the address/network was never seen."""
-    with store.engine.connect() as conn:
+    with reading(db) as conn:
         if target.is_host:
-            r = conn.exec_driver_sql(_SELECT + "WHERE address = ?", (target.text,)).first()
+            r = conn.execute(_SELECT + "WHERE address = ?", (target.text,)).fetchone()
             members: list[dict[str, Any]] = []
             row = _row(r) if r else None
             if row is None:
-                seen = conn.exec_driver_sql("SELECT 1 FROM log_events WHERE ip_address = ? "
-                                            "LIMIT 1", (target.text,)).first()
+                seen = conn.execute("SELECT 1 FROM log_events WHERE ip_address = ? "
+                                    "LIMIT 1", (target.text,)).fetchone()
                 if not seen:
                     return None
             addresses = [target.text]
@@ -162,7 +216,7 @@ def ip_report(store: SQLiteStore, rep: Reputation, target: Target, now: datetime
             assert target.network is not None
             row = None
             if target.network.version == 6 and target.network.prefixlen == 64:
-                r = conn.exec_driver_sql(_SELECT + "WHERE address = ?", (target.text,)).first()
+                r = conn.execute(_SELECT + "WHERE address = ?", (target.text,)).fetchone()
                 row = _row(r) if r else None
             members = members_in(conn, target.network)
             if row is None and not members:
@@ -192,8 +246,8 @@ def ip_report(store: SQLiteStore, rep: Reputation, target: Target, now: datetime
                               for m in members]
             out["members"].sort(key=lambda m: (-m["score"], m["address"]))
         if target.is_host and ":" in target.text:
-            nr = conn.exec_driver_sql(_SELECT + "WHERE address = ?",
-                                      (net64(target.text),)).first()
+            nr = conn.execute(_SELECT + "WHERE address = ?",
+                              (net64(target.text),)).fetchone()
             if nr:
                 n = _row(nr)
                 out["network"] = {"address": n["address"], "score": _score(rep, n, now)[0],
@@ -255,13 +309,13 @@ def _recent_events(conn: Any, addresses: list[str], limit: int) -> list[dict[str
            'e.port, e.message, f.path, e."offset", e.trace_id FROM log_events e '
            "LEFT JOIN source_files f ON f.id = e.file_id ")
     if len(addresses) == 1:
-        rows = conn.exec_driver_sql(sql + "WHERE e.ip_address = ? ORDER BY e.timestamp DESC, "
-                                    "e.id DESC LIMIT ?", (addresses[0], limit)).all()
+        rows = conn.execute(sql + "WHERE e.ip_address = ? ORDER BY e.timestamp DESC, "
+                            "e.id DESC LIMIT ?", (addresses[0], limit)).fetchall()
     else:  # newest `limit` of each member, then the newest of those
         rows = []
         for a in addresses[:1000]:
-            rows += conn.exec_driver_sql(sql + "WHERE e.ip_address = ? ORDER BY e.timestamp "
-                                         "DESC, e.id DESC LIMIT ?", (a, limit)).all()
+            rows += conn.execute(sql + "WHERE e.ip_address = ? ORDER BY e.timestamp "
+                                 "DESC, e.id DESC LIMIT ?", (a, limit)).fetchall()
         rows = heapq.nlargest(limit, rows, key=lambda r: (r[1], r[0]))
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
@@ -271,23 +325,23 @@ def _traces(conn: Any, addresses: list[str]) -> list[dict[str, Any]]:
             "event_count")
     out = []
     for a in addresses[:1000]:
-        out += conn.exec_driver_sql(
+        out += conn.execute(
             "SELECT id, title, severity, first_seen, last_seen, ip_address, user, event_count "
             "FROM event_traces WHERE ip_address = ? ORDER BY last_seen DESC LIMIT ?",
-            (a, RECENT_TRACES)).all()
+            (a, RECENT_TRACES)).fetchall()
     out = heapq.nlargest(RECENT_TRACES, out, key=lambda r: (r[4], r[0]))
     return [dict(zip(cols, r, strict=True)) for r in out]
 
 
-def top(store: SQLiteStore, rep: Reputation, n: int, since: str | None, now: datetime
-        ) -> list[dict[str, Any]]:
+def top(db: SQLiteStore | sqlite3.Connection, rep: Reputation, n: int, since: str | None,
+        now: datetime) -> list[dict[str, Any]]:
     """The `n` addresses with the highest score now, among those seen since `since`.
 
     A /64 row is listed when more than one of its hosts was seen (otherwise it repeats its
     only host), and then stands for its hosts: those ranked below it are not listed again
     (`logly ip PREFIX/64` lists them). Ties: higher base score, more recent, the address.
     """
-    with store.engine.connect() as conn:
+    with reading(db) as conn:
         # the stored score (faded to when it was written) bounds the score now from above,
         # so reading in stored-score order can stop early; a full read if that runs short
         for k in (max(4 * n, n + 200), 0):
@@ -314,7 +368,7 @@ def _ranked(conn: Any, rep: Reputation, since: str | None, now: datetime, k: int
     best: list[float] = []
     ranked = []
     complete = True
-    for address, base, start, last, verdict, lists, net, stored in conn.exec_driver_sql(
+    for address, base, start, last, verdict, lists, net, stored in conn.execute(
             sql, params):
         if k and len(best) >= k and stored < best[0]:
             complete = False
@@ -342,7 +396,7 @@ def _listing(conn: Any, rep: Reputation, ranked: list[tuple], n: int) -> list[di
             break
         if net is not None and net in listed_nets:
             continue
-        r = _row(conn.exec_driver_sql(_SELECT + "WHERE address = ?", (address,)).first())
+        r = _row(conn.execute(_SELECT + "WHERE address = ?", (address,)).fetchone())
         state = r["counts"] or {}
         if "/" in address:
             if (state.get("members") or 0) < 2:
