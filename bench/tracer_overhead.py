@@ -1,22 +1,31 @@
 """What the eBPF tracer costs: workload slowdown, tracer CPU and RSS, events lost. One run.
 
-    sudo .venv/bin/python bench/tracer_overhead.py [--rounds 5] [--execs 2000] [--connects 4000]
+    sudo .venv/bin/python bench/tracer_overhead.py [--rounds 8] [--execs 1000] [--connects 6000]
+    sudo .venv/bin/python bench/tracer_overhead.py --components [--rounds 8]
 
-Workloads, each timed with the tracer off and on in alternating rounds (median reported):
+Workloads, each timed with the tracer's probes off and on:
   exec     fork+exec of /bin/true with a few arguments, one after another (posix_spawn + wait)
   connect  TCP connect/accept/close on 127.0.0.1, one after another
+The tracer runs in a child process of its own (as the daemon's thread would), so its CPU and
+RSS are its own; the probes' in-kernel cost lands on the workload, which is what the slowdown
+measures. It is started once; between blocks its probes are detached and re-attached, so
+the rounds can be short and many: each round runs an off block and an on block, in
+alternating order (off-on, on-off, ...), and every ratio is reported several ways: the ratio
+of the medians, the median of the per-round (paired) ratios, the best-of, and the workload's
+CPU time (its own and its children's: the probes run in its context, and other tenants of
+this 2-core VM move CPU time much less than wall time). Nothing is dropped.
 Then a paced run: 1,000 execs/s for --paced-seconds with the tracer on; every exec must arrive
-(lost counters 0, exec events >= execs made). The tracer runs in a child process of its own
-(as the daemon's thread would), so its CPU and RSS are its own; the probes' in-kernel cost
-lands on the workload, which is what the slowdown measures. Targets: <= 5% slowdown,
-0 lost at 1,000 execs/s, tracer RSS <= 100 MB.
+(lost counters 0, exec events >= execs made). Targets: <= 5% slowdown, 0 lost at 1,000
+execs/s, tracer RSS <= 100 MB.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import random
 import resource
 import socket
 import statistics
@@ -31,16 +40,44 @@ ARGV = ["/bin/true", "--logly-bench", "some-argument", "another one"]
 
 
 # ---- the tracer, in its own process ------------------------------------------------------------
+class Probes:
+    """Detach and re-attach the probes a BCC object has attached (by BCC's autoload names), so
+    one loaded tracer can be switched off and on between timed blocks."""
+
+    def __init__(self, b: Any) -> None:
+        self.b = b
+        self.tps = list(b.tracepoint_fds)
+        self.raw = list(b.raw_tracepoint_fds)
+
+    def off(self) -> None:
+        for tp in self.tps:
+            if tp in self.b.tracepoint_fds:
+                self.b.detach_tracepoint(tp)
+        for tp in self.raw:
+            if tp in self.b.raw_tracepoint_fds:
+                self.b.detach_raw_tracepoint(tp)
+
+    def on(self) -> None:
+        for tp in self.tps:
+            if tp not in self.b.tracepoint_fds:
+                self.b.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
+        for tp in self.raw:
+            if tp not in self.b.raw_tracepoint_fds:
+                self.b.attach_raw_tracepoint(tp=tp, fn_name=b"raw_tracepoint__" + tp)
+
+
 def tracer_child() -> None:
     sys.path.insert(0, str(REPO))
     from logly.tracer.ebpf import EbpfTracer, TracerSettings
 
     t = EbpfTracer(TracerSettings(failed_syscalls=os.environ.get("BENCH_NO_FAILED") != "1"))
     t.start()
+    probes = Probes(t.bpf)
     print("ready", flush=True)
     for line in sys.stdin:
-        cmd = line.strip()
+        cmd, _, arg = line.strip().partition(" ")
         if cmd == "stats":
+            since = float(arg or 0)
             ru = resource.getrusage(resource.RUSAGE_SELF)
             st = t.stats()
             with open("/proc/self/status", encoding="ascii") as f:
@@ -48,8 +85,15 @@ def tracer_child() -> None:
             print(json.dumps({"cpu": ru.ru_utime + ru.ru_stime, "rss_kb": rss,
                               "maxrss_kb": ru.ru_maxrss, "events": st["events"],
                               "lost": st["lost"], "errors": st["errors"],
-                              "bench_execs": sum(1 for p in t.cache.procs.values()
-                                                 if p.argv == ARGV)}), flush=True)
+                              "probes": len(probes.tps) + len(probes.raw),
+                              "bench_execs": sum(
+                                  1 for c in (t.cache.procs, t.cache.previous)
+                                  for p in c.values()
+                                  if p.argv == ARGV and (p.start or 0) >= since)}), flush=True)
+        elif cmd in ("on", "off"):
+            t.sync()  # what the probes sent before going off is handled now
+            getattr(probes, cmd)()
+            print("ok", flush=True)
         elif cmd == "quit":
             break
     t.stop()
@@ -62,11 +106,18 @@ class Tracer:
         assert self.p.stdout is not None and self.p.stdout.readline().strip() == "ready"
         time.sleep(0.3)  # let the /proc seed scan finish before timing anything
 
-    def stats(self) -> dict:
+    def _ask(self, cmd: str) -> str:
         assert self.p.stdin is not None and self.p.stdout is not None
-        self.p.stdin.write("stats\n")
+        self.p.stdin.write(cmd + "\n")
         self.p.stdin.flush()
-        return json.loads(self.p.stdout.readline())
+        return self.p.stdout.readline()
+
+    def stats(self, since: float = 0.0) -> dict:
+        """Counters; bench_execs: bench processes started since `since` (epoch)."""
+        return json.loads(self._ask(f"stats {since}"))
+
+    def switch(self, on: bool) -> None:
+        assert self._ask("on" if on else "off").strip() == "ok"
 
     def close(self) -> None:
         assert self.p.stdin is not None
@@ -198,49 +249,88 @@ def linked_cost(t: Any, base: tuple, n: int = 5000) -> None:
           f"+{extra:.0f} µs per linked row ({traces} traces, {procs} process rows)")
 
 
-def components(rounds: int) -> None:
+EMPTY = {  # the floor: an empty program on each kind of hook the tracer uses
+    "empty tracepoint raw_syscalls:sys_exit":
+        "TRACEPOINT_PROBE(raw_syscalls, sys_exit) { return 0; }",
+    "empty raw tracepoint sys_exit": "RAW_TRACEPOINT_PROBE(sys_exit) { return 0; }",
+    "empty tracepoint syscalls:sys_enter_execve":
+        "TRACEPOINT_PROBE(syscalls, sys_enter_execve) { return 0; }",
+    "empty inet_sock_set_state": "TRACEPOINT_PROBE(sock, inet_sock_set_state) { return 0; }",
+}
+
+
+def components(rounds: int, execs: int, connects: int, only: str = "") -> None:
     """Where the in-kernel cost comes from: each probe set alone (and empty programs on the
-    same tracepoints, the floor), A/B against no probes, by the workload's CPU time."""
+    same hooks, the floor), against no probes, by the workload's CPU time. Every variant is
+    loaded once, then attached only for its own block; the blocks of a round run in a random
+    order, and each variant is compared with the no-probe block of the same round (paired)."""
     sys.path.insert(0, str(REPO))
     from logly.tracer.ebpf import BPF_DIR, _import_bcc
 
     bcc = _import_bcc()
     src = {n: (BPF_DIR / f"{n}.c").read_text() for n in ("common", "syscalls", "process", "tcp")}
-    stub = 'struct fail_t { u64 x; }; BPF_TABLE("lru_hash", u32, struct fail_t, failed, 1024);\n'
-    flags = ["-DRINGBUF_PAGES=4096", "-DFAIL_PIDS=16384", "-DMAX_SOCKS=65536"]
-    variants = {
-        "all probes": src["common"] + src["syscalls"] + src["process"] + src["tcp"],
-        "process probes": src["common"] + stub + src["process"],
-        "failed-syscall probe": src["common"] + src["syscalls"],
-        "tcp probe": src["common"] + src["tcp"],
-        "empty raw_syscalls:sys_exit": "TRACEPOINT_PROBE(raw_syscalls, sys_exit) { return 0; }",
-        "empty inet_sock_set_state":
-            "TRACEPOINT_PROBE(sock, inet_sock_set_state) { return 0; }",
+    flags = ["-DRINGBUF_PAGES=2048", "-DFAIL_PIDS=16384", "-DMAX_SOCKS=65536",
+             "-DMAX_STATES=12", "-DMAXARGS=20", "-DARGLEN=256"]
+    variants: dict[str, tuple[str, list[str]]] = {
+        "all probes": (src["common"] + src["syscalls"] + src["process"] + src["tcp"], []),
+        "process probes": (src["common"] + src["syscalls"] + src["process"], ["-DNO_FAILED"]),
+        "failed-syscall probe": (src["common"] + src["syscalls"], []),
+        "tcp probe": (src["common"] + src["tcp"], []),
+        **{k: (v, []) for k, v in EMPTY.items()},
     }
-    cpu: dict[str, dict[str, list[float]]] = {k: {"exec": [], "connect": []}
-                                              for k in ("no probes", *variants)}
+    if only:  # a comma-separated list of substrings of the variants' names
+        variants = {k: v for k, v in variants.items()
+                    if any(w.strip() in k for w in only.split(","))}
+    loaded: dict[str, Probes] = {}
+    for name, (text, extra) in variants.items():
+        b = bcc.BPF(text=text.encode(), cflags=flags + extra)
+        if "events" in text:  # drained after each block (untimed): nothing is lost
+            b[b"events"].open_ring_buffer(lambda _c, _d, _s: 0)
+        loaded[name] = Probes(b)
+        loaded[name].off()
+    names = ["no probes", *variants]
+    cpu: dict[str, dict[str, list[float]]] = {k: {"exec": [], "connect": []} for k in names}
+    rng = random.Random(4)
     exec_workload(200)
     for _ in range(rounds):
-        for name in cpu:
-            b = None if name == "no probes" else bcc.BPF(text=variants[name].encode(),
-                                                         cflags=flags)
-            cpu[name]["exec"].append(timed(exec_workload, 500)[1])
-            cpu[name]["connect"].append(timed(connect_workload, 2000)[1])
-            if b is not None:
-                b.cleanup()
-    base = {w: statistics.median(cpu["no probes"][w]) for w in ("exec", "connect")}
+        order = names[:]
+        rng.shuffle(order)
+        for name in order:
+            pr = loaded.get(name)
+            if pr is not None:
+                pr.on()
+            cpu[name]["exec"].append(timed(exec_workload, execs)[1])
+            cpu[name]["connect"].append(timed(connect_workload, connects)[1])
+            if pr is not None:
+                pr.off()
+                with contextlib.suppress(Exception):
+                    pr.b.ring_buffer_consume()
+    base = cpu["no probes"]
+    print(f"workload CPU vs no probes, {rounds} rounds of {execs} execs and {connects} "
+          "connects: paired median / ratio of medians / ratio of minimums")
     for name, by in cpu.items():
-        rel = {w: 100 * (statistics.median(by[w]) / base[w] - 1) for w in base}
-        print(f"{name:30s} workload CPU: exec {rel['exec']:+6.1f}%  "
-              f"connect {rel['connect']:+6.1f}%")
+        cells = []
+        for w in ("exec", "connect"):
+            med, paired, best = _ratios(base[w], by[w])
+            cells.append(f"{w} {paired:+5.1f}% {med:+5.1f}% {best:+5.1f}%")
+        print(f"{name:42s} " + "  |  ".join(cells))
+    print(f"no probes, median CPU per block: exec {statistics.median(base['exec']):.3f}s "
+          f"connect {statistics.median(base['connect']):.3f}s")
+
+
+def _ratios(off: list[float], on: list[float]) -> tuple[float, float, float]:
+    """(ratio of medians, median of paired ratios, best-of ratio), as slowdowns in %."""
+    return (100 * (statistics.median(on) / statistics.median(off) - 1),
+            100 * statistics.median(b / a - 1 for a, b in zip(off, on, strict=True)),
+            100 * (min(on) / min(off) - 1))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tracer-child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--execs", type=int, default=2000)
-    ap.add_argument("--connects", type=int, default=4000)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--execs", type=int, default=1000)
+    ap.add_argument("--connects", type=int, default=6000)
     ap.add_argument("--paced-rate", type=int, default=1000)
     ap.add_argument("--paced-seconds", type=float, default=5.0)
     ap.add_argument("--no-failed-syscalls", action="store_true",
@@ -248,18 +338,20 @@ def main() -> int:
                     "failed_syscalls = false), to see what that probe costs")
     ap.add_argument("--components", action="store_true",
                     help="only the A/B of each probe set (and empty programs) by workload CPU")
+    ap.add_argument("--only", default="", help="with --components: the variants whose names "
+                    "contain one of these comma-separated words")
     a = ap.parse_args()
-    if a.components:
-        components(a.rounds)
-        return 0
-    if a.no_failed_syscalls:
-        os.environ["BENCH_NO_FAILED"] = "1"  # read by the tracer child
     if a.tracer_child:
         tracer_child()
         return 0
     if os.geteuid() != 0:
         print("needs root (eBPF)", file=sys.stderr)
         return 2
+    if a.components:
+        components(a.rounds, a.execs // 5, a.connects // 3, a.only)
+        return 0
+    if a.no_failed_syscalls:
+        os.environ["BENCH_NO_FAILED"] = "1"  # read by the tracer child
 
     times: dict[str, dict[str, list[float]]] = {w: {"off": [], "on": []}
                                                 for w in ("exec", "connect")}
@@ -276,50 +368,59 @@ def main() -> int:
     cpu: list[float] = []
     wall_on: list[float] = []
     rss: list[int] = []
+    lost_total = 0
+    tr = Tracer()
+    nprobes = tr.stats()["probes"]
+    tr.switch(False)
     exec_workload(200)  # warm caches (page cache, dentries) before the first timed round
+    connect_workload(1000)
     for r in range(a.rounds):
         # alternate the order (off-on, on-off, ...) so drift and ordering effects cancel out
         for phase in (("off", "on") if r % 2 == 0 else ("on", "off")):
             if phase == "off":
                 run("off")
                 continue
-            tr = Tracer()
+            tr.switch(True)
             before = tr.stats()
             t0 = time.perf_counter()
             run("on")
-            time.sleep(0.3)  # let the poll thread drain before reading its counters
+            time.sleep(0.2)  # let the poll thread drain before reading its counters
             after = tr.stats()
             wall_on.append(time.perf_counter() - t0)
+            tr.switch(False)
             cpu.append(after["cpu"] - before["cpu"])
             rss.append(after["rss_kb"])
-            lost_round = sum(after["lost"].values())
-            tr.close()
+            lost_round = sum(after["lost"].values()) - sum(before["lost"].values())
+            lost_total += lost_round
         print(f"round {r + 1}: exec off {times['exec']['off'][-1]:.3f}s on "
               f"{times['exec']['on'][-1]:.3f}s | connect off {times['connect']['off'][-1]:.3f}s"
               f" on {times['connect']['on'][-1]:.3f}s | tracer cpu {cpu[-1]:.2f}s "
               f"rss {rss[-1] / 1024:.0f} MB lost {lost_round}")
 
-    # this VM's run-to-run noise is large (identical runs differ by 10-50%): the median shows
-    # the typical cost, the best-of (least disturbed runs) the intrinsic one
+    # this VM's run-to-run noise is large (other sessions share its 2 cores): the median shows
+    # the typical cost, the paired ratio cancels drift, the best-of (least disturbed runs) and
+    # the CPU time the intrinsic one
+    print(f"{a.rounds} rounds, {nprobes} probes attached when on")
     for w, n in (("exec", a.execs), ("connect", a.connects)):
         off, on = statistics.median(times[w]["off"]), statistics.median(times[w]["on"])
-        boff, bon = min(times[w]["off"]), min(times[w]["on"])
-        coff, con = statistics.median(cpus[w]["off"]), statistics.median(cpus[w]["on"])
-        print(f"{w:8s} {n} ops: median off {off:.3f}s ({n / off:,.0f}/s) on {on:.3f}s "
-              f"({n / on:,.0f}/s) slowdown {100 * (on / off - 1):+.1f}% | best-of off "
-              f"{boff:.3f}s on {bon:.3f}s slowdown {100 * (bon / boff - 1):+.1f}% | workload "
-              f"CPU off {coff:.3f}s on {con:.3f}s: {100 * (con / coff - 1):+.1f}%")
+        med, paired, best = _ratios(times[w]["off"], times[w]["on"])
+        cmed, cpaired, _ = _ratios(cpus[w]["off"], cpus[w]["on"])
+        print(f"{w:8s} {n} ops/block: median off {off:.3f}s ({n / off:,.0f}/s) on {on:.3f}s "
+              f"({n / on:,.0f}/s) | wall slowdown: median {med:+.1f}%, paired {paired:+.1f}%, "
+              f"best-of {best:+.1f}% | workload CPU: median {cmed:+.1f}%, paired "
+              f"{cpaired:+.1f}%")
     print(f"tracer CPU while on: {sum(cpu) / sum(wall_on) * 100:.1f}% of one core "
-          f"({sum(cpu):.2f}s over {sum(wall_on):.2f}s)")
+          f"({sum(cpu):.2f}s over {sum(wall_on):.2f}s); lost while on: {lost_total}")
     print(f"tracer RSS: {max(rss) / 1024:.1f} MB (max over rounds)")
 
     hook_cost()
 
-    tr = Tracer()
+    tr.switch(True)
     before = tr.stats()
+    t_paced = time.time()
     made = paced_execs(a.paced_rate, a.paced_seconds)
     time.sleep(0.5)
-    after = tr.stats()
+    after = tr.stats(t_paced)
     tr.close()
     lost = {k: after["lost"][k] - before["lost"].get(k, 0) for k in after["lost"]}
     got = after["events"].get("exec", 0) - before["events"].get("exec", 0)

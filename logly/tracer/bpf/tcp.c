@@ -1,6 +1,6 @@
 // TCP connections (tcplife style) from sock:inet_sock_set_state, aggregated in the kernel: the
-// state history of each live socket is kept in `socks` (by the socket's kernel address), both
-// endpoints in `endpoints`, and one event goes to userspace when the socket closes. Userspace
+// state history of each live socket is kept in `socks` (by the socket's kernel address), its
+// own endpoint in `endpoints`, and one event goes to userspace when the socket closes. Userspace
 // reads live sockets from the maps when a log line names one of their endpoints. At tens of
 // thousands of connections per second, one event per socket instead of one per state change
 // is what keeps the tracer's own CPU small.
@@ -11,6 +11,7 @@
 #define FAMILY_INET 2
 #define ST_ESTABLISHED 1
 #define ST_SYN_SENT 2
+#define ST_SYN_RECV 3
 #define ST_FIN_WAIT1 4
 #define ST_CLOSE 7
 #define ST_LAST_ACK 9
@@ -57,41 +58,60 @@ struct tcp_ev {
     struct conn_t c;
 };
 
+// LRU: a socket whose close we never see (opened before we attached, say) falls out in time.
 BPF_TABLE("lru_hash", u64, struct conn_t, socks, MAX_SOCKS);
-BPF_TABLE("lru_hash", struct endpoint_t, struct ep_socks_t, endpoints, MAX_SOCKS * 2);
+BPF_TABLE("lru_hash", struct endpoint_t, struct ep_socks_t, endpoints, MAX_SOCKS);
 
-static __always_inline void endpoint_key(struct endpoint_t *ep, u8 *addr, u16 port)
+static __always_inline void endpoint_key(struct endpoint_t *ep, u8 *addr, u16 port, u16 family)
 {
-    bool mapped = true;
-#pragma unroll
-    for (int i = 0; i < 10; i++)
-        if (addr[i])
-            mapped = false;
-    if (mapped && addr[10] == 0xff && addr[11] == 0xff)
+    ep->port = port;
+    if (family == FAMILY_INET) {
+        __builtin_memcpy(ep->addr, addr, 4);
+        return;
+    }
+    u64 hi = *(u64 *)addr;
+    u32 mid = *(u32 *)(addr + 8);
+    if (hi == 0 && mid == 0xffff0000)  // ::ffff:a.b.c.d (little-endian load of 00 00 ff ff)
         __builtin_memcpy(ep->addr, addr + 12, 4);
     else
         __builtin_memcpy(ep->addr, addr, 16);
-    ep->port = port;
 }
 
-static __always_inline void index_endpoint(u8 *addr, u16 port, int remote, u64 sk)
+// Each socket is indexed by the one endpoint that is its own: a server's socket by its peer
+// (the client's address and port), a client's socket by its local address and ephemeral port.
+// The other endpoint (a listening port, a popular service) is shared by every socket towards
+// it: one slot could only ever name the latest of them. (Closed sockets are indexed by both
+// endpoints in userspace.) A loopback connection's two sockets share the one key.
+static __always_inline void index_endpoint(struct conn_t *c, int remote, u64 sk)
 {
     struct endpoint_t ep = {};
-    endpoint_key(&ep, addr, port);
-    struct ep_socks_t zero = {};
-    struct ep_socks_t *v = endpoints.lookup_or_try_init(&ep, &zero);
-    if (!v)
-        return;
     if (remote)
-        v->remote = sk;
+        endpoint_key(&ep, c->daddr, c->dport, c->family);
     else
-        v->local = sk;
+        endpoint_key(&ep, c->saddr, c->sport, c->family);
+    struct ep_socks_t *v = endpoints.lookup(&ep);
+    if (v) {
+        if (remote)
+            v->remote = sk;
+        else
+            v->local = sk;
+        return;
+    }
+    struct ep_socks_t fresh = {};
+    if (remote)
+        fresh.remote = sk;
+    else
+        fresh.local = sk;
+    endpoints.update(&ep, &fresh);
 }
 
-static __always_inline void unindex_endpoint(u8 *addr, u16 port, int remote, u64 sk)
+static __always_inline void unindex_endpoint(struct conn_t *c, int remote, u64 sk)
 {
     struct endpoint_t ep = {};
-    endpoint_key(&ep, addr, port);
+    if (remote)
+        endpoint_key(&ep, c->daddr, c->dport, c->family);
+    else
+        endpoint_key(&ep, c->saddr, c->sport, c->family);
     struct ep_socks_t *v = endpoints.lookup(&ep);
     if (!v)
         return;
@@ -104,6 +124,8 @@ static __always_inline void unindex_endpoint(u8 *addr, u16 port, int remote, u64
         endpoints.delete(&ep);
 }
 
+// One map lookup per state change (plus one insert for a new socket, one delete when it
+// closes), and one endpoint index update per socket: this runs ~10 times per connection.
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
     if (args->protocol != PROTO_TCP)
@@ -111,17 +133,17 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     u64 sk = (u64)args->skaddr;
     u64 now = bpf_ktime_get_ns();
     int newstate = args->newstate;
-    struct conn_t zero = {};
-    struct conn_t *c = socks.lookup_or_try_init(&sk, &zero);
-    if (!c) {
-        count_lost(EV_TCP);
-        return 0;
-    }
-    if (c->nstates == 0) {
-        c->skaddr = sk;
-        c->first_ts = now;
-        c->first_old = args->oldstate;
-        c->family = args->family;
+    int oldstate = args->oldstate;
+    struct conn_t fresh;
+    struct conn_t *c = socks.lookup(&sk);
+    bool is_new = !c;
+    if (is_new) {
+        __builtin_memset(&fresh, 0, sizeof(fresh));
+        fresh.skaddr = sk;
+        fresh.first_ts = now;
+        fresh.first_old = oldstate;
+        fresh.family = args->family;
+        c = &fresh;
     }
     u32 n = c->nstates;
     if (n < MAX_STATES) {
@@ -136,25 +158,33 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         c->pid = pid;
         bpf_get_current_comm(&c->comm, sizeof(c->comm));
     }
-    // connect() moves to SYN_SENT before the local port is chosen: index endpoints once known
-    if (args->sport && c->sport != args->sport) {
-        if (args->family == FAMILY_INET)
-            bpf_probe_read_kernel(c->saddr, 4, args->saddr);
-        else
-            bpf_probe_read_kernel(c->saddr, 16, args->saddr_v6);
+    // connect() moves to SYN_SENT before the local port is chosen, and a server's socket is
+    // SYN_RECV before its peer and local address are set: take them at ESTABLISHED (or first
+    // seen)
+    if (newstate == ST_ESTABLISHED || !c->sport || !c->dport) {
+        // plain loads from the tracepoint's record (no helper call)
+        if (args->family == FAMILY_INET) {
+            __builtin_memcpy(c->saddr, args->saddr, 4);
+            __builtin_memcpy(c->daddr, args->daddr, 4);
+        } else {
+            __builtin_memcpy(c->saddr, args->saddr_v6, 16);
+            __builtin_memcpy(c->daddr, args->daddr_v6, 16);
+        }
         c->sport = args->sport;
-        index_endpoint(c->saddr, c->sport, 0, sk);
-    }
-    if (args->dport && c->dport != args->dport) {
-        if (args->family == FAMILY_INET)
-            bpf_probe_read_kernel(c->daddr, 4, args->daddr);
-        else
-            bpf_probe_read_kernel(c->daddr, 16, args->daddr_v6);
         c->dport = args->dport;
-        index_endpoint(c->daddr, c->dport, 1, sk);
     }
-    if (newstate != ST_CLOSE)
+    if (newstate != ST_CLOSE) {
+        if (is_new && socks.update(&sk, &fresh) != 0) {
+            count_lost(EV_TCP);
+            return 0;
+        }
+        // the socket's own endpoint is known once it is established
+        if (newstate == ST_ESTABLISHED && oldstate == ST_SYN_RECV && c->dport)
+            index_endpoint(c, 1, sk);
+        else if (newstate == ST_ESTABLISHED && oldstate == ST_SYN_SENT && c->sport)
+            index_endpoint(c, 0, sk);
         return 0;
+    }
     // closed: hand the whole history to userspace, forget the socket here
     struct tcp_ev *e = events.ringbuf_reserve(sizeof(struct tcp_ev));
     if (!e) {
@@ -162,13 +192,15 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     } else {
         e->kind = EV_TCP;
         e->pad = 0;
-        bpf_probe_read_kernel(&e->c, sizeof(e->c), c);
+        __builtin_memcpy(&e->c, c, sizeof(e->c));
         events.ringbuf_submit(e, RB_FLAGS);
     }
-    if (c->sport)
-        unindex_endpoint(c->saddr, c->sport, 0, sk);
-    if (c->dport)
-        unindex_endpoint(c->daddr, c->dport, 1, sk);
+    if (is_new)
+        return 0;  // never seen open: nothing indexed, nothing stored
+    if (c->states[0] == ST_SYN_RECV && c->dport)  // indexed as above
+        unindex_endpoint(c, 1, sk);
+    else if (c->states[0] == ST_SYN_SENT && c->sport)
+        unindex_endpoint(c, 0, sk);
     socks.delete(&sk);
     return 0;
 }
