@@ -15,20 +15,26 @@ still loads.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
-import socket
 import time
+
+# `logly ip` loads this module in a process that must answer in 50 ms: the C module rather
+# than socket.py (its enum set-up takes milliseconds), and logging only when something is said
+from _socket import AF_INET, AF_INET6, inet_pton
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger("logly.blocklist")
-
-_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_AF = {4: AF_INET, 6: AF_INET6}
 RELOAD_CHECK_SECONDS = 1.0
+
+
+def _log():  # type: ignore[no-untyped-def]
+    import logging
+
+    return logging.getLogger("logly.blocklist")
 
 
 def addr_int(text: str) -> tuple[int, int] | None:
@@ -36,7 +42,7 @@ def addr_int(text: str) -> tuple[int, int] | None:
     than ipaddress and refuses what ipaddress refuses for stored (normalised) addresses."""
     fam = 6 if ":" in text else 4
     try:
-        return fam, int.from_bytes(socket.inet_pton(_AF[fam], text), "big")
+        return fam, int.from_bytes(inet_pton(_AF[fam], text), "big")
     except (OSError, ValueError):
         return None
 
@@ -53,7 +59,7 @@ def parse_entry(text: str) -> tuple[int, int, int]:
     fam = 6 if ":" in addr else 4
     bits = 32 if fam == 4 else 128
     try:  # fast path (a 100k-line list loads in well under a second)
-        value = int.from_bytes(socket.inet_pton(_AF[fam], addr), "big")
+        value = int.from_bytes(inet_pton(_AF[fam], addr), "big")
         plen = int(plen_t) if slash else bits
         if plen_t and not plen_t.isdigit():
             raise ValueError
@@ -191,7 +197,7 @@ class Blocklists:
         key = (str(path), message)
         if key not in self._reported:
             self._reported.add(key)
-            log.warning("%s", message)
+            _log().warning("%s", message)
 
     def refresh(self, force: bool = False) -> bool:
         """Reload changed files; returns True if any list changed."""
@@ -226,7 +232,7 @@ class Blocklists:
             if bad:
                 self._warn_once(bl.path, f"blocklist {bl.path}: {len(bad)} lines skipped, "
                                          "e.g. " + "; ".join(bad[:3]))
-            log.info("blocklist %s: %d entries from %s", bl.name, len(bl.nets), bl.path)
+            _log().info("blocklist %s: %d entries from %s", bl.name, len(bl.nets), bl.path)
         if changed:
             self.generation += 1
         return changed

@@ -14,12 +14,9 @@ address per batch.
 from __future__ import annotations
 
 import ipaddress
-import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger("logly.geoip")
 
 CACHE_SIZE = 65_536
 Geo = dict[str, Any]
@@ -54,7 +51,9 @@ class GeoIP:
     def _report(self, message: str) -> None:
         if message not in self.problems:  # once per instance (the daemon keeps one)
             self.problems.append(message)
-            log.warning("%s", message)
+            import logging  # here: `logly ip` loads this module and never logs
+
+            logging.getLogger("logly.geoip").warning("%s", message)
 
     def _open(self, path: str | Path | None, kinds: tuple[str, ...], key: str) -> Any:
         if not path:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import gc
 import json
-import socket
+from _socket import AF_INET6, inet_ntop, inet_pton  # not socket.py: ms of start-up (logly ip)
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -169,12 +169,12 @@ class _Acc:
 @lru_cache(maxsize=65536)
 def net64(addr: str) -> str:
     """`2001:db8:44::9` -> `2001:db8:44::/64`."""
-    raw = socket.inet_pton(socket.AF_INET6, addr)
-    return socket.inet_ntop(socket.AF_INET6, raw[:8] + bytes(8)) + "/64"
+    raw = inet_pton(AF_INET6, addr)
+    return inet_ntop(AF_INET6, raw[:8] + bytes(8)) + "/64"
 
 
 def _net_bounds(net: str) -> tuple[int, int]:
-    lo = int.from_bytes(socket.inet_pton(socket.AF_INET6, net[:-3]), "big")
+    lo = int.from_bytes(inet_pton(AF_INET6, net[:-3]), "big")
     return lo, lo | ((1 << 64) - 1)
 
 
