@@ -275,6 +275,12 @@ def components(rounds: int, execs: int, connects: int, only: str = "") -> None:
         "all probes": (src["common"] + src["syscalls"] + src["process"] + src["tcp"], []),
         "process probes": (src["common"] + src["syscalls"] + src["process"], ["-DNO_FAILED"]),
         "failed-syscall probe": (src["common"] + src["syscalls"], []),
+        # what the tracer adds once the link hook watches a pid (not the workload's own)
+        "slow-syscall pair, a pid watched": (
+            src["common"] + src["syscalls"].replace("int slow_", "static int slow_")
+            + "RAW_TRACEPOINT_PROBE(sys_enter) { return slow_enter(ctx); }\n"
+            "RAW_TRACEPOINT_PROBE(sys_exit) { return slow_exit(ctx); }\n",
+            ["-DNO_FAILED", "-DSLOW_NS=10000000ULL"]),
         "tcp probe": (src["common"] + src["tcp"], []),
         **{k: (v, []) for k, v in EMPTY.items()},
     }
@@ -286,6 +292,8 @@ def components(rounds: int, execs: int, connects: int, only: str = "") -> None:
         b = bcc.BPF(text=text.encode(), cflags=flags + extra)
         if "events" in text:  # drained after each block (untimed): nothing is lost
             b[b"events"].open_ring_buffer(lambda _c, _d, _s: 0)
+        if "slow" in name:  # pid 1 is watched
+            b[b"traced"][b[b"traced"].Key(1)] = b[b"traced"].Leaf(1)
         loaded[name] = Probes(b)
         loaded[name].off()
     names = ["no probes", *variants]

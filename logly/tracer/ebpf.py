@@ -1,10 +1,11 @@
 """The eBPF tracer: process, TCP and syscall context from kernel tracepoints (BCC).
 
 The C in bpf/*.c attaches to sched:sched_process_{fork,exec,exit}, syscalls:sys_enter_execve
-(argv), syscalls:sys_enter_exit_group (exit code), sock:inet_sock_set_state and
-raw_syscalls:sys_{enter,exit}; events come through one BPF ring buffer drained by a thread of
-ours. The caches here outlive the processes and sockets by `keep_seconds`, so a log line written
-by a process that has already exited still finds its exe, argv, parent and exit code.
+(argv), syscalls:sys_enter_exit_group (exit code), sock:inet_sock_set_state and, as raw
+tracepoints, sys_exit (failed syscalls) and, once a pid is watched, sys_enter + sys_exit (slow
+syscalls); events come through one BPF ring buffer drained by a thread of ours. The caches
+here outlive the processes and sockets by `keep_seconds`, so a log line written by a process
+that has already exited still finds its exe, argv, parent and exit code.
 
 `open_tracer(settings)` returns this tracer when it can attach, else the /proc tracer
 (procfs.py) after one warning that says why.
@@ -43,8 +44,10 @@ BPF_DIR = Path(__file__).resolve().parent / "bpf"
 BPF_SOURCES = ("common.c", "syscalls.c", "process.c", "tcp.c")  # order: definitions first
 BCC_PATH = "/usr/lib/python3/dist-packages"  # python3-bpfcc; PyPI's "bcc" is another thing
 
-EV_FORK, EV_EXEC, EV_EXIT, EV_TCP, EV_SLOW = 1, 2, 3, 4, 5
+EV_FORK, EV_EXEC, EV_EXIT, EV_TCP, EV_SLOW, EV_ARGV = 1, 2, 3, 4, 5, 6
 KIND_NAMES = {EV_FORK: "fork", EV_EXEC: "exec", EV_EXIT: "exit", EV_TCP: "tcp", EV_SLOW: "slow"}
+EVENT_NAMES = {**KIND_NAMES, EV_ARGV: "argv"}  # (a lost argv is counted as a lost exec)
+MAX_PENDING_ARGV = 4096  # argv of execs not yet seen (or failed: a PATH search) by thread
 MAXARGS, ARGLEN, FILENAME_LEN, COMM_LEN, FAIL_SLOTS = 20, 256, 256, 16, 16
 MAX_STATES = 12  # state changes kept per socket (bpf/tcp.c)
 
@@ -167,16 +170,18 @@ class _ForkEv(ct.Structure):
                 ("comm", ct.c_char * COMM_LEN)]
 
 
-class _Argv(ct.Structure):
-    _fields_ = [("argc", ct.c_uint32), ("truncated", ct.c_uint32),
-                ("args", (ct.c_char * ARGLEN) * MAXARGS)]
+class _ArgvEv(ct.Structure):  # followed by `len` bytes: the arguments, each NUL-terminated
+    _fields_ = [("kind", ct.c_uint32), ("tid", ct.c_uint32), ("argc", ct.c_uint32),
+                ("truncated", ct.c_uint32), ("len", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
+_ARGV_HDR = ct.sizeof(_ArgvEv)
 
 
 class _ExecEv(ct.Structure):
     _fields_ = [("kind", ct.c_uint32), ("pid", ct.c_uint32), ("old_pid", ct.c_uint32),
                 ("uid", ct.c_uint32), ("ts", ct.c_uint64), ("cgroup", ct.c_uint64),
-                ("comm", ct.c_char * COMM_LEN), ("filename", ct.c_char * FILENAME_LEN),
-                ("argv", _Argv)]
+                ("comm", ct.c_char * COMM_LEN), ("filename", ct.c_char * FILENAME_LEN)]
 
 
 class _ExitEv(ct.Structure):
@@ -377,6 +382,7 @@ class EbpfTracer(ProcfsTracer):
         self._endpoints: Any = None
         self._socks: Any = None
         self._lookup: Any = None
+        self._slow_fds: list[int] = []  # the slow-syscall pair, attached on the first watch()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -387,6 +393,7 @@ class EbpfTracer(ProcfsTracer):
         self._cgroups: dict[int, str | None] | None = \
             {} if Path("/sys/fs/cgroup/cgroup.controllers").exists() else None
         self.events = collections.Counter()  # kind name -> events handled
+        self._argv: dict[int, list[str] | None] = {}  # tid -> argv sent at its execve entry
         self.errors = 0  # events we could not decode or apply
         self._syscall_names: dict[int, str] = {}
 
@@ -415,13 +422,18 @@ class EbpfTracer(ProcfsTracer):
         self._stop.clear()
         self._thread = threading.Thread(target=self._poll, name="logly-tracer", daemon=True)
         self._thread.start()
-        log.info("tracer: eBPF attached (%d tracepoints)", self.bpf.num_open_tracepoints())
+        log.info("tracer: eBPF attached (%d tracepoints, %d raw tracepoints)",
+                 len(self.bpf.tracepoint_fds), len(self.bpf.raw_tracepoint_fds))
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        with self._lock:
+            for fd in self._slow_fds:
+                os.close(fd)
+            self._slow_fds = []
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
@@ -467,6 +479,8 @@ class EbpfTracer(ProcfsTracer):
             with self._lock:
                 if kind == EV_EXEC:
                     self._exec(ct.cast(data, ct.POINTER(_ExecEv)).contents)
+                elif kind == EV_ARGV:
+                    self._on_argv(data)
                 elif kind == EV_FORK:
                     self._fork(ct.cast(data, ct.POINTER(_ForkEv)).contents)
                 elif kind == EV_EXIT:
@@ -475,7 +489,7 @@ class EbpfTracer(ProcfsTracer):
                     self._tcp(ct.cast(data, ct.POINTER(_TcpEv)).contents)
                 elif kind == EV_SLOW:
                     self._slow(ct.cast(data, ct.POINTER(_SlowEv)).contents)
-            self.events[KIND_NAMES.get(kind, "other")] += 1
+            self.events[EVENT_NAMES.get(kind, "other")] += 1
         except Exception:
             self.errors += 1
             log.exception("tracer: could not handle an event")
@@ -483,6 +497,18 @@ class EbpfTracer(ProcfsTracer):
 
     def _epoch(self, ns: int) -> float:
         return ns / 1e9 + self._mono_to_epoch
+
+    def _on_argv(self, data: int) -> None:
+        h = ct.cast(data, ct.POINTER(_ArgvEv)).contents
+        raw = ct.string_at(data + _ARGV_HDR, min(h.len, MAXARGS * ARGLEN))
+        argv = [_arg(a) for a in raw.split(b"\0")[:h.argc]]
+        if h.truncated:
+            argv.append("…")
+        pending = self._argv
+        pending.pop(h.tid, None)  # a failed execve's argv: this one replaces it
+        pending[h.tid] = argv or None
+        if len(pending) > MAX_PENDING_ARGV:
+            del pending[next(iter(pending))]
 
     def _fork(self, e: _ForkEv) -> None:
         parent = self.cache.get(e.ppid)
@@ -504,11 +530,7 @@ class EbpfTracer(ProcfsTracer):
         info.uid = e.uid
         info.comm = _text(e.comm)
         info.exe = _text(e.filename) or None
-        n = min(e.argv.argc, MAXARGS)
-        argv = [_arg(e.argv.args[i].value) for i in range(n)]
-        if e.argv.truncated:
-            argv.append("…")
-        info.argv = argv or None
+        info.argv = self._argv.pop(e.old_pid, None)
         info.source = "ebpf"
         info.container = self._container(e.pid, e.cgroup, info.container)
         if e.old_pid != e.pid:  # a thread called exec: it became the leader
@@ -529,6 +551,8 @@ class EbpfTracer(ProcfsTracer):
 
     def _exit(self, e: _ExitEv) -> None:
         when = self._epoch(e.ts)
+        if self._argv:
+            self._argv.pop(e.tid, None)  # its last execve failed
         if e.tid != e.pid:
             self.cache.drop(e.tid)  # the thread's own entry (threads are forks too)
         if e.group_dead:
@@ -617,10 +641,28 @@ class EbpfTracer(ProcfsTracer):
 
     def watch(self, pid: int) -> None:
         """Time this process's syscalls from now on (slow ones are kept with the process)."""
-        if self._traced is not None:
-            # a full map raises: the pids watched first keep their slots
-            with contextlib.suppress(Exception):
-                self._traced[self._traced.Key(pid)] = self._traced.Leaf(1)
+        if self._traced is None or not self.settings.slow_syscalls:
+            return
+        with contextlib.suppress(Exception):  # (an LRU map: never full)
+            self._traced[self._traced.Key(pid)] = self._traced.Leaf(1)
+        if not self._slow_fds:
+            with self._lock:
+                if not self._slow_fds and self.bpf is not None:
+                    self._attach_slow()
+
+    def _attach_slow(self) -> None:
+        """The sys_enter/sys_exit pair that times traced pids' syscalls: two more programs on
+        every syscall of the machine, so attached only once there is a pid to time. Exit
+        first: a syscall whose entry was not seen is skipped, never timed from a stale start.
+        (Not through BCC's attach_raw_tracepoint, which allows one program per tracepoint.)"""
+        bcc = _import_bcc()
+        for tp, fn in ((b"sys_exit", b"slow_exit"), (b"sys_enter", b"slow_enter")):
+            prog = self.bpf.load_func(fn, bcc.BPF.RAW_TRACEPOINT)
+            fd = bcc.libbcc.lib.bpf_attach_raw_tracepoint(prog.fd, tp)
+            if fd < 0:
+                log.warning("tracer: cannot attach the slow-syscall probe to %s", tp.decode())
+                return
+            self._slow_fds.append(fd)
 
     def _syscall_name(self, nr: int) -> str:
         name = self._syscall_names.get(nr)

@@ -14,6 +14,7 @@
 #define EV_EXIT 3
 #define EV_TCP 4
 #define EV_SLOW 5
+#define EV_ARGV 6  // counted as exec when lost
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_ARRAY(lost, u64, 8);  // index: event kind

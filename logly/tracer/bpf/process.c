@@ -7,15 +7,24 @@
 #define ARGLEN 256
 #endif
 #define FILENAME_LEN 256
+#define ARGBUF 8192  // a power of two above MAXARGS * ARGLEN: offsets are masked with it
 
-struct argv_t {
+// The argv of an execve, sent from its entry as its own event, packed (each argument
+// NUL-terminated, back to back) and only as long as it is: /bin/true with three arguments is
+// ~60 bytes, not MAXARGS * ARGLEN. The exec event that follows from the same thread (ring order
+// is reservation order) carries the rest; userspace joins them by thread id. An execve that
+// fails (a PATH search) leaves an argv event no exec claims.
+struct argv_ev {
+    u32 kind;
+    u32 tid;
     u32 argc;
     u32 truncated;  // more than MAXARGS arguments
-    char args[MAXARGS][ARGLEN];
+    u32 len;        // bytes of buf used
+    u32 pad;
+    char buf[ARGBUF + ARGLEN];
 };
-BPF_PERCPU_ARRAY(argv_scratch, struct argv_t, 1);  // too big for the 512-byte BPF stack
-BPF_HASH(pending_argv, u32, struct argv_t, 1024);  // tid in execve -> its argv
-BPF_HASH(exit_codes, u32, int, 16384);             // tgid -> exit_group() code
+BPF_PERCPU_ARRAY(argv_scratch, struct argv_ev, 1);  // too big for the 512-byte BPF stack
+BPF_HASH(exit_codes, u32, int, 16384);              // tgid -> exit_group() code
 
 struct fork_ev {
     u32 kind;
@@ -36,7 +45,6 @@ struct exec_ev {
     u64 cgroup;
     char comm[COMM_LEN];
     char filename[FILENAME_LEN];
-    struct argv_t argv;
 };
 
 struct exit_ev {
@@ -72,11 +80,13 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 TRACEPOINT_PROBE(syscalls, sys_enter_execve)
 {
     u32 zero = 0;
-    struct argv_t *a = argv_scratch.lookup(&zero);
+    struct argv_ev *a = argv_scratch.lookup(&zero);
     if (!a)
         return 0;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
     const char *const *argv = (const char *const *)args->argv;
+    u32 off = 0;
+    a->kind = EV_ARGV;
+    a->tid = (u32)bpf_get_current_pid_tgid();
     a->argc = 0;
     a->truncated = 0;
 #pragma unroll
@@ -85,7 +95,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execve)
         bpf_probe_read_user(&p, sizeof(p), &argv[i]);
         if (!p)
             goto done;
-        bpf_probe_read_user_str(a->args[i], ARGLEN, p);
+        long n = bpf_probe_read_user_str(&a->buf[off & (ARGBUF - 1)], ARGLEN, p);
+        if (n <= 0)
+            goto done;
+        off += n;
         a->argc = i + 1;
     }
     {
@@ -95,7 +108,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execve)
             a->truncated = 1;
     }
 done:
-    pending_argv.update(&tid, a);
+    off &= ARGBUF - 1;
+    a->len = off;
+    if (events.ringbuf_output(a, offsetof(struct argv_ev, buf) + off, RB_FLAGS) != 0)
+        count_lost(EV_EXEC);
     return 0;
 }
 
@@ -105,7 +121,6 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {
         count_lost(EV_EXEC);
-        pending_argv.delete(&old);
         return 0;
     }
     e->kind = EV_EXEC;
@@ -116,14 +131,6 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     e->cgroup = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     TP_DATA_LOC_READ_STR(e->filename, filename, FILENAME_LEN);
-    struct argv_t *a = pending_argv.lookup(&old);
-    if (a) {
-        bpf_probe_read_kernel(&e->argv, sizeof(e->argv), a);
-        pending_argv.delete(&old);
-    } else {
-        e->argv.argc = 0;
-        e->argv.truncated = 0;
-    }
     events.ringbuf_submit(e, RB_FLAGS);
     return 0;
 }

@@ -1,7 +1,12 @@
 // Failed syscalls per process from raw_syscalls:sys_exit, counted in the kernel and read on
 // demand (one map lookup per pid), plus, when compiled with SLOW_NS, syscalls slower than
-// that for the pids userspace asked about (the `traced` map), sent as events. These probes run
-// on every syscall of the machine: the common case (success, nothing traced) returns first.
+// that for the pids userspace asked about (the `traced` map), sent as events.
+// These run on every syscall of the machine, so they are raw tracepoints: the program gets the
+// tracepoint's own arguments, (struct pt_regs *regs, long id) at sys_enter and (regs, long ret)
+// at sys_exit, without the copy into a perf trace record a classic tracepoint makes first. The
+// syscall number at exit is regs->orig_ax: x86-64 pt_regs is user ABI, not a kernel struct
+// whose layout follows the headers. The common case (success) returns before any map work.
+// The slow-syscall pair (slow_enter, slow_exit) is not attached until a pid is traced.
 #define FAIL_SLOTS 16
 
 struct fail_slot {
@@ -16,7 +21,8 @@ struct fail_t {
 // LRU: old processes fall out by themselves, the map never fills up.
 BPF_TABLE("lru_hash", u32, struct fail_t, failed, FAIL_PIDS);
 
-BPF_HASH(traced, u32, u8, 4096);          // tgid -> 1: time its syscalls
+BPF_TABLE("lru_hash", u32, u8, traced, 4096);  // tgid -> 1: time its syscalls (LRU: pids
+                                                // watched long ago make room)
 
 struct slow_ev {
     u32 kind;
@@ -28,11 +34,23 @@ struct slow_ev {
     u64 duration_ns;
 };
 
-#ifdef SLOW_NS
-BPF_HASH(sys_start, u32, u64, 16384);     // tid -> entry time (traced pids only)
-
-TRACEPOINT_PROBE(raw_syscalls, sys_enter)
+static __always_inline u32 syscall_nr(struct bpf_raw_tracepoint_args *ctx)
 {
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long nr = -1;
+    bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+    return (u32)nr;
+}
+
+#ifdef SLOW_NS
+// tid -> entry time (traced pids only); LRU: a thread that never came back cannot fill it
+BPF_TABLE("lru_hash", u32, u64, sys_start, 16384);
+
+int slow_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+    long nr = (long)ctx->args[1];
+    if (nr == 60 || nr == 231)  // exit, exit_group: they never return
+        return 0;
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     if (!traced.lookup(&tgid))
@@ -42,51 +60,48 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
     sys_start.update(&tid, &ts);
     return 0;
 }
-#endif
 
-#if defined(SLOW_NS) || !defined(NO_FAILED)
-TRACEPOINT_PROBE(raw_syscalls, sys_exit)
+int slow_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-    long ret = args->ret;
-#ifndef SLOW_NS
-    if (ret >= 0 || ret < -4095)
-        return 0;
-#endif
     u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-#ifdef SLOW_NS
     u32 tid = (u32)id;
     u64 *start = sys_start.lookup(&tid);
-    if (start) {
-        u64 dur = bpf_ktime_get_ns() - *start;
-        sys_start.delete(&tid);
-        if (dur >= SLOW_NS) {
-            struct slow_ev *e = events.ringbuf_reserve(sizeof(struct slow_ev));
-            if (!e) {
-                count_lost(EV_SLOW);
-            } else {
-                e->kind = EV_SLOW;
-                e->pid = tgid;
-                e->tid = tid;
-                e->nr = (u32)args->id;
-                e->ret = ret;
-                e->ts = bpf_ktime_get_ns();
-                e->duration_ns = dur;
-                events.ringbuf_submit(e, RB_FLAGS);
-            }
-        }
+    if (!start)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    u64 dur = now - *start;
+    sys_start.delete(&tid);
+    if (dur < SLOW_NS)
+        return 0;
+    struct slow_ev *e = events.ringbuf_reserve(sizeof(struct slow_ev));
+    if (!e) {
+        count_lost(EV_SLOW);
+        return 0;
     }
-#endif
-#ifdef NO_FAILED
+    e->kind = EV_SLOW;
+    e->pid = id >> 32;
+    e->tid = tid;
+    e->nr = syscall_nr(ctx);
+    e->ret = (long)ctx->args[1];
+    e->ts = now;
+    e->duration_ns = dur;
+    events.ringbuf_submit(e, RB_FLAGS);
     return 0;
+}
 #endif
+
+#ifndef NO_FAILED
+RAW_TRACEPOINT_PROBE(sys_exit)
+{
+    long ret = (long)ctx->args[1];
     if (ret >= 0 || ret < -4095)
         return 0;
     u32 err = (u32)(-ret);
     // not failures: "try again" of non-blocking I/O, and the kernel's internal restart codes
     if (err == 11 || err == 115 || (err >= 512 && err <= 516))
         return 0;
-    u32 nr = (u32)args->id;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 nr = syscall_nr(ctx);
     struct fail_t zero = {};
     struct fail_t *f = failed.lookup_or_try_init(&tgid, &zero);
     if (!f)
