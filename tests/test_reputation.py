@@ -599,3 +599,63 @@ def test_ip_lists_the_traces_of_the_address(world: dict, cli: Callable) -> None:
     assert "ssh brute force on root" in r.out
     r = cli("ip", SPRAYER, "--json", "--db", str(world["db"]), "--config", str(world["cfg"]))
     assert json.loads(r.out)["traces"] == []
+
+
+# ---- the fast way in: `logly ip` without typer --------------------------------------------
+FAST = [("ip", BRUTE), ("ip", ROTATING), ("ip", "198.51.100.0/24"), ("ip", "198.51.100.250"),
+        ("ip", "300.1.2.3"), ("ip", "1.2.3.4/99"), ("ip", "::ffff:198.51.100.66"),
+        ("ip", BRUTE, "--events", "2"), ("ips", "--top", "5"), ("ips", "--since", "7d")]
+
+
+@pytest.mark.parametrize("args", FAST)
+@pytest.mark.parametrize("as_json", [False, True])
+def test_fast_path_answers_as_the_typer_command(world: dict, cli: Callable,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                args: tuple[str, ...], as_json: bool) -> None:
+    """Same output and exit code whichever way `logly ip` came in (0, 1 never seen, 2 bad)."""
+    from logly import cli_ip
+
+    now = datetime.now(UTC)
+    monkeypatch.setattr(cli_ip, "_now", lambda: now)
+    argv = [*args, *(["--json"] if as_json else []), "--db", str(world["db"]), "--config",
+            str(world["cfg"])]
+    assert cli_ip.parse_argv(argv) is not None
+    fast = cli(*argv)
+    monkeypatch.setattr(cli_ip, "parse_argv", lambda argv: None)  # everything to typer
+    slow = cli(*argv)
+    assert (fast.code, fast.out) == (slow.code, slow.out)
+    assert " ".join(fast.err.split()) == " ".join(slow.err.split())  # rich wraps stderr
+    assert fast.code == {"198.51.100.250": 1, "300.1.2.3": 2, "1.2.3.4/99": 2}.get(args[1], 0)
+    if as_json and fast.code == 0:
+        assert json.loads(fast.out)
+
+
+HEAVY = ("typer", "click", "rich", "sqlalchemy", "sqlmodel", "pyparsing", "geoip2", "jinja2")
+
+
+def test_logly_ip_in_a_new_process_loads_no_typer_rich_or_sqlalchemy(world: dict,
+                                                                     cli: Callable) -> None:
+    """The console script's `main` (logly.cli_entry) in a child: what it imported is checked
+    after it answered, and the answer is the in-process one."""
+    import os
+    import subprocess
+    import sys
+
+    child = ("import sys\nfrom logly.cli_entry import main\ncode = main(sys.argv[1:])\n"
+             f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))\n"
+             "sys.stderr.write('loaded: ' + ' '.join(heavy))\nsys.exit(code)")
+    base = ["--db", str(world["db"]), "--config", str(world["cfg"])]
+    for argv in (["ip", BRUTE], ["ip", BRUTE, "--json"], ["ip", ROTATING, "--json"],
+                 ["ip", "198.51.100.0/24"], ["ip", "198.51.100.250"], ["ip", "300.1.2.3"],
+                 ["ips", "--top", "20"], ["ips", "--top", "20", "--json"]):
+        p = subprocess.run([sys.executable, "-c", child, *argv, *base], capture_output=True,
+                           text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60)
+        assert p.stderr.endswith("loaded: "), (argv, p.stderr)
+        here = cli(*argv, *base)
+        assert p.returncode == here.code, (argv, p.stderr)
+        if "--json" not in argv:  # (JSON carries scores decayed to the second)
+            assert p.stdout == here.out, argv
+    # what the fast path leaves to typer still works from the same entry
+    p = subprocess.run([sys.executable, "-c", child, "ip", "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and "--recompute" in p.stdout and "typer" in p.stderr
