@@ -11,8 +11,10 @@ database, fail2ban-regex matches its Debian `sshd` filter (Debian package `fail2
 
 Peak RSS is the largest resident size of any process of the command (wait4's ru_maxrss covers
 the command and the children it waited for) and, sampled every 20 ms, the sum over its
-process tree (Logly parses in a forked process while the caller writes). Not a test: the
-figures depend on the machine; run it several times on a busy one.
+process tree (Logly parses a large file in forked processes while the caller writes), both as
+RSS (a page shared after the fork counts in every process) and as PSS (it counts once). CPU s
+is user + system time of the command and its children. Not a test: the figures depend on the
+machine; run it several times on a busy one.
 """
 
 from __future__ import annotations
@@ -148,23 +150,39 @@ def generate(path: Path, lines: int, seed: int = 7, attackers: int = 400) -> dic
     return kinds
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size: a page shared by n processes (a forked parser shares the
+    caller's) counts 1/n in each, so the sum over a process tree counts it once; RSS summed
+    counts it in every process."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def measure(cmd: list[str], env: dict[str, str]) -> dict[str, float | int | str]:
     """Wall time, peak RSS of any one process, peak RSS summed over the process tree."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    tree_peak = 0
+    tree_peak = tree_pss = 0
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal tree_peak
+        nonlocal tree_peak, tree_pss
         try:
             root = psutil.Process(proc.pid)
             while not done.is_set():
-                total = 0
+                total = pss = 0
                 for p in [root, *root.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
                         total += p.memory_info().rss
+                        pss += _pss(p.pid)
                 tree_peak = max(tree_peak, total)
+                tree_pss = max(tree_pss, pss)
                 done.wait(0.02)
         except psutil.Error:
             pass
@@ -178,6 +196,7 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict[str, float | int | str]
     # communicate() reaped the child; its rusage is in RUSAGE_CHILDREN, growing monotonically,
     # so run each command in a fresh helper process to read its own maximum
     return {"wall_s": wall, "code": proc.returncode, "tree_peak_mb": tree_peak / 2**20,
+            "tree_pss_mb": tree_pss / 2**20,
             "stdout": out.decode(errors="replace"), "stderr": err.decode(errors="replace")}
 
 
@@ -190,7 +209,9 @@ def run_isolated(cmd: list[str], env: dict[str, str]) -> dict[str, float | int |
         res = measure(cmd, env)
         import resource
 
-        res["max_proc_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        res["max_proc_mb"] = ru.ru_maxrss / 1024
+        res["cpu_s"] = ru.ru_utime + ru.ru_stime
         os.write(w, json.dumps(res).encode())
         os.close(w)
         os._exit(0)
@@ -239,7 +260,8 @@ def main() -> int:
                 m = re.search(r"Lines: (\d+) lines, (\d+) ignored, (\d+) matched", res["stdout"])
                 res["matched"] = int(m.group(3)) if m else -1
                 results["fail2ban-regex"].append(res)
-        print(f"\n{'tool':<16}{'wall s':>9}{'lines/s':>12}{'peak RSS MB':>13}{'tree RSS MB':>13}")
+        print(f"\n{'tool':<16}{'wall s':>9}{'lines/s':>12}{'CPU s':>8}{'peak RSS MB':>13}"
+              f"{'tree RSS MB':>13}{'tree PSS MB':>13}")
         best: dict[str, dict] = {}
         for tool, runs in results.items():
             if not runs:
@@ -248,8 +270,9 @@ def main() -> int:
             b = min(runs, key=lambda x: x["wall_s"])
             best[tool] = b
             print(f"{tool:<16}{b['wall_s']:>9.2f}{args.lines / b['wall_s']:>12,.0f}"
-                  f"{max(x['max_proc_mb'] for x in runs):>13.0f}"
-                  f"{max(x['tree_peak_mb'] for x in runs):>13.0f}")
+                  f"{b['cpu_s']:>8.1f}{max(x['max_proc_mb'] for x in runs):>13.0f}"
+                  f"{max(x['tree_peak_mb'] for x in runs):>13.0f}"
+                  f"{max(x['tree_pss_mb'] for x in runs):>13.0f}")
         if "fail2ban-regex" in best:
             for name in variants:
                 ratio = best["fail2ban-regex"]["wall_s"] / best[name]["wall_s"]

@@ -29,7 +29,7 @@ from logly.parsers.rules import RuleSet
 from logly.sources.files import Input, end_offset, line_start_at_or_after, read_lines
 from logly.store.sqlite import BatchHook, SQLiteStore
 
-BATCH_LINES = 20_000
+BATCH_LINES = 10_000
 BATCH_SECONDS = 1.0
 PARALLEL_MIN_BYTES = 8 << 20  # below this a second process costs more than it saves
 # Indexes are dropped and rebuilt when a load brings more rows than the table holds, and at
@@ -344,7 +344,10 @@ def ingest_input(
     bulk: bool | None = None,
     hooks: Sequence[BatchHook] = (),
     block_bytes: int = BLOCK_BYTES,
+    jobs: int | None = None,
 ) -> IngestSummary:
+    """Store `inp`'s new lines. `parallel`: parse in other processes (default: for large or
+    piped input); `jobs`: how many for a large plain file (default: parse_workers())."""
     t0 = time.perf_counter()
     summary = IngestSummary(inp.path)
     if not inp.head:
@@ -357,7 +360,7 @@ def ingest_input(
               "batch_seconds": batch_seconds}
     if parallel is None:
         parallel = inp.kind != "file" or (inp.size or 0) - committed >= PARALLEL_MIN_BYTES
-    workers = parse_workers() if parallel and inp.kind == "file" else 1
+    workers = (jobs or parse_workers()) if parallel and inp.kind == "file" else 1
     bounds = block_bounds(inp, committed, block_bytes) if workers > 1 else [committed]
     if len(bounds) > 1:
         batches = _batches_in_blocks(args, kwargs, bounds, min(workers, len(bounds)))

@@ -141,7 +141,7 @@ class HeaderParser:
         return f"{base}.{(frac or '')[:6].ljust(6, '0')}Z"
 
     def _remember(self, key: str, value: str) -> None:
-        if len(self._cache) > 100_000:
+        if len(self._cache) > 16_384:
             self._cache.clear()
         self._cache[key] = value
 
