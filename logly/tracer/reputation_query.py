@@ -300,35 +300,48 @@ def _report(rep: Reputation, row: dict[str, Any] | None, target: Target, now: da
     }
 
 
+_MEMBERS_PER_QUERY = 200  # below SQLite's limit of 500 terms in a compound SELECT
+
+
 def _recent_events(conn: Any, addresses: list[str], limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` events of the addresses: the newest `limit` (time, id) of each from
+    the (ip_address, timestamp) index alone, in one statement per 200 addresses; then the
+    rows of the newest of those. A /64 of 90 hosts reads 10 rows, not 900."""
     if not addresses or limit <= 0:
         return []
     cols = ("id", "timestamp", "host", "program", "action", "ip_address", "user", "port",
             "message", "path", "offset", "trace_id")
-    sql = ('SELECT e.id, e.timestamp, e.host, e.program, e.action, e.ip_address, e.user, '
-           'e.port, e.message, f.path, e."offset", e.trace_id FROM log_events e '
-           "LEFT JOIN source_files f ON f.id = e.file_id ")
-    if len(addresses) == 1:
-        rows = conn.execute(sql + "WHERE e.ip_address = ? ORDER BY e.timestamp DESC, "
-                            "e.id DESC LIMIT ?", (addresses[0], limit)).fetchall()
-    else:  # newest `limit` of each member, then the newest of those
-        rows = []
-        for a in addresses[:1000]:
-            rows += conn.execute(sql + "WHERE e.ip_address = ? ORDER BY e.timestamp "
-                                 "DESC, e.id DESC LIMIT ?", (a, limit)).fetchall()
-        rows = heapq.nlargest(limit, rows, key=lambda r: (r[1], r[0]))
+    newest = ("SELECT * FROM (SELECT id, timestamp FROM log_events WHERE ip_address = ? "
+              "ORDER BY timestamp DESC, id DESC LIMIT ?)")
+    keys: list[Any] = []
+    members = addresses[:1000]
+    for i in range(0, len(members), _MEMBERS_PER_QUERY):
+        chunk = members[i:i + _MEMBERS_PER_QUERY]
+        params = [v for a in chunk for v in (a, limit)]
+        keys += conn.execute(" UNION ALL ".join([newest] * len(chunk)), params).fetchall()
+    ids = [k[0] for k in heapq.nlargest(limit, keys, key=lambda k: (k[1], k[0]))]
+    if not ids:
+        return []
+    rows = conn.execute(
+        'SELECT e.id, e.timestamp, e.host, e.program, e.action, e.ip_address, e.user, e.port, '
+        'e.message, f.path, e."offset", e.trace_id FROM log_events e '
+        "LEFT JOIN source_files f ON f.id = e.file_id "
+        f"WHERE e.id IN ({','.join('?' * len(ids))}) ORDER BY e.timestamp DESC, e.id DESC",
+        ids).fetchall()
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
 def _traces(conn: Any, addresses: list[str]) -> list[dict[str, Any]]:
     cols = ("id", "title", "severity", "first_seen", "last_seen", "ip_address", "user",
             "event_count")
-    out = []
-    for a in addresses[:1000]:
+    out: list[Any] = []
+    members = addresses[:1000]
+    for i in range(0, len(members), 500):
+        chunk = members[i:i + 500]
         out += conn.execute(
             "SELECT id, title, severity, first_seen, last_seen, ip_address, user, event_count "
-            "FROM event_traces WHERE ip_address = ? ORDER BY last_seen DESC LIMIT ?",
-            (a, RECENT_TRACES)).fetchall()
+            f"FROM event_traces WHERE ip_address IN ({','.join('?' * len(chunk))}) "
+            "ORDER BY last_seen DESC, id DESC LIMIT ?", (*chunk, RECENT_TRACES)).fetchall()
     out = heapq.nlargest(RECENT_TRACES, out, key=lambda r: (r[4], r[0]))
     return [dict(zip(cols, r, strict=True)) for r in out]
 
