@@ -66,6 +66,9 @@ def ingest(
     no_enrich: Annotated[bool, typer.Option(
         "--no-enrich", help="Store events only: no reputation, error classes or traces "
         "(a fast bulk load; `logly ip --recompute` scores later).")] = False,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", min=1, max=64, help="Parser processes for a large file (default: one "
+        "per CPU, up to 4; the writer is one more).", show_default=False)] = None,
     as_json: JsonOpt = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
@@ -111,7 +114,8 @@ def ingest(
             with _progress(ctx, inp) as advance:
                 s = ingest_input(store, rules, inp, tz=tzinfo, year=year, progress=advance,
                                  batch_lines=ctx.config.batch_lines,
-                                 batch_seconds=ctx.config.batch_seconds, hooks=hooks)
+                                 batch_seconds=ctx.config.batch_seconds, hooks=hooks,
+                                 jobs=jobs)
         finally:
             inp.close()
         summaries.append(s)
