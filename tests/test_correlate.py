@@ -181,6 +181,56 @@ def test_canary_user(tmp_path: Path, store: SQLiteStore, rules: RuleSet, hooks: 
     assert t["steps"] == ["canary-user"]
 
 
+def test_login_grace_timeouts_are_counted_by_their_rule(tmp_path: Path, store: SQLiteStore,
+                                                       rules: RuleSet, hooks: list) -> None:
+    # CVE-2024-6387: a timeout per grace period from one address; the 4th fires (capacity 3)
+    lines = [line(i * 30, f"sshd[{300 + i}]", "fatal: Timeout before authentication for "
+                  f"203.0.113.61 port {47000 + i}") for i in range(4)]
+    # three from another address stay below it
+    lines += [line(1 + i * 30, f"sshd[{400 + i}]", "fatal: Timeout before authentication for "
+                   f"203.0.113.62 port {48000 + i}") for i in range(3)]
+    # the same action under another rule (a client that left) is no timeout: 4 stay below
+    # brute-force's threshold and fill no CVE bucket
+    lines += [line(2 + i * 30, f"sshd[{500 + i}]", "Connection closed by 203.0.113.63 port "
+                   f"{49000 + i} [preauth]") for i in range(4)]
+    feed(store, rules, hooks, tmp_path / "auth.log", lines)
+    (t,) = traces(store)
+    assert (t["ip_address"], t["steps"], t["severity"]) == ("203.0.113.61", ["cve-2024-6387"],
+                                                            "medium")
+    assert t["event_count"] == 4 and "CVE-2024-6387" in t["title"]
+
+
+def test_packet_layer_fatals_across_a_restart(tmp_path: Path, db_path: Path,
+                                              rules: RuleSet) -> None:
+    fatal = ("ssh_dispatch_run_fatal: Connection from 203.0.113.64 port {}: message "
+             "authentication code incorrect [preauth]")
+    log = tmp_path / "auth.log"
+    for start in (0, 2):  # two processes, two fatals each: the bucket is rebuilt from the store
+        st = SQLiteStore(db_path)
+        st.init()
+        feed(st, rules, make_hooks(Cfg()), log,
+             [line(start + i, f"sshd[{600 + start + i}]", fatal.format(50000 + start + i))
+              for i in range(2)], mode="a")
+        st.close()
+    st = SQLiteStore(db_path)
+    (t,) = traces(st)
+    st.close()
+    assert t["steps"] == ["cve-2024-6387"] and t["ip_address"] == "203.0.113.64"
+
+
+def test_tcpwrappers_refusal_fires_on_one_line(tmp_path: Path, store: SQLiteStore,
+                                              rules: RuleSet, hooks: list) -> None:
+    feed(store, rules, hooks, tmp_path / "auth.log", [
+        line(0, "sshd[16379]", "refused connect from example.com (203.0.113.65)"),
+        # one refusal of another rule (sshd/not-allowed) is one failure, nothing more
+        line(1, "sshd[16380]", "ROOT LOGIN REFUSED FROM 203.0.113.66 port 40000"),
+    ])
+    (t,) = traces(store)
+    assert (t["ip_address"], t["steps"], t["severity"]) == ("203.0.113.65",
+                                                            ["tcpwrappers-refused"], "low")
+    assert t["event_count"] == 1
+
+
 # ---- attacks on one user, logins ----------------------------------------------------------------
 def test_distributed_attack_on_one_user(tmp_path: Path, store: SQLiteStore, rules: RuleSet,
                                         hooks: list) -> None:
@@ -239,13 +289,19 @@ def test_uid0_account_and_admin_group(tmp_path: Path, store: SQLiteStore, rules:
         line(3, "usermod[20631]", "add 'deploy' to shadow group 'sudo'"),
         line(4, "usermod[20632]", "delete 'carol' from group 'sudo'"),
         line(5, "usermod[20633]", "add 'carol' to group 'video'"),
+        # removals, renames and the group's own changes grant nothing (metadata membership)
+        line(6, "gpasswd[20634]", "user carol removed by root from group wheel"),
+        line(7, "usermod[20635]", "change 'carol' to 'caroline' in group 'sudo'"),
+        line(8, "groupdel[20636]", "removed group 'adm' owned by 'carol'"),
+        line(9, "gpasswd[20637]", "user mallory added by root to group wheel"),
     ])
     by_user = {t["user"]: t for t in traces(store)}
-    assert set(by_user) == {"toor", "deploy"}
+    assert set(by_user) == {"toor", "deploy", "mallory"}
     assert by_user["toor"]["severity"] == "critical"
     assert by_user["deploy"]["severity"] == "high"
-    assert by_user["deploy"]["steps"] == ["admin-group"]
+    assert by_user["deploy"]["steps"] == by_user["mallory"]["steps"] == ["admin-group"]
     assert by_user["deploy"]["event_count"] == 2  # both group lines; removals do not count
+    assert by_user["mallory"]["title"] == "mallory added to privileged group wheel"
 
 
 # ---- errors -------------------------------------------------------------------------------------

@@ -35,19 +35,17 @@ SCENARIO_STEP = {
     "crowdsecurity/ssh-generic-test": "canary-user",
     "crowdsecurity/iptables-scan-multi_ports": "port-scan",
     "lepresidente/ssh-bad-keyexchange-bf": "brute-force",
+    # below every brute-force threshold: patterns that count only SCENARIO_RULES' rules
+    "crowdsecurity/ssh-cve-2024-6387": "cve-2024-6387",
+    "crowdsecurity/ssh-refused-conn": "tcpwrappers-refused",
 }
-# scenarios Logly has no pattern for (yet); listed so that covering one makes this test say so
-UNSUPPORTED = {
-    "crowdsecurity/ssh-cve-2024-6387": "4 login-grace timeouts (or packet-layer fatals) per "
-                                       "address: below every brute-force threshold; needs a "
-                                       "correlation pattern over SCENARIO_RULES' rules",
-    "crowdsecurity/ssh-refused-conn": "one tcpwrappers 'refused connect' line: needs a "
-                                      "single-event correlation pattern over SCENARIO_RULES' rule",
-}
+# scenarios Logly has no pattern for (yet), scenario -> why; listed so that covering one makes
+# this test say so
+UNSUPPORTED: dict[str, str] = {}
 # The parser's half of a scenario: the rules (metadata "rule") whose lines the scenario counts,
 # matching CrowdSec's log_type filter (ssh_auth_timeout + ssh_dispatch_fatal for
 # ssh-cve-2024-6387, ssh_refused_conn for ssh-refused-conn). Each has a rule name of its own,
-# so a correlation pattern can select them without reading the message.
+# which the scenario's correlation pattern selects (`rules = [...]` in correlation.toml).
 SCENARIO_RULES = {
     "crowdsecurity/ssh-cve-2024-6387": frozenset({"sshd/login-timeout", "sshd/dispatch-fatal"}),
     "crowdsecurity/ssh-refused-conn": frozenset({"sshd/tcpwrappers-refused"}),
@@ -174,7 +172,7 @@ def _rule_events(db: Path) -> dict[str, list[tuple[str, str | None]]]:
                                   if {s for _, s in expected_alerts(CORPUS / n)}
                                   & set(SCENARIO_RULES)] or ["<corpus absent>"])
 def test_scenario_lines_have_rules_of_their_own(name: str, tmp_path: Path) -> None:
-    """Every line a not-yet-correlated scenario counts is an attack signal under its own rule."""
+    """Every line a rule-selected scenario counts is an attack signal under its own rule."""
     if name == "<corpus absent>":
         if os.environ.get("CI"):
             pytest.fail(f"CrowdSec corpus not found at {CORPUS}")
@@ -192,6 +190,15 @@ def test_scenario_lines_have_rules_of_their_own(name: str, tmp_path: Path) -> No
         assert len(hits) >= count, (
             f"{ip}: {scenario} counts {count} events, Logly has {len(hits)} under "
             f"{sorted(rules)}: {got}")
+
+
+def test_scenario_patterns_select_the_scenario_rules() -> None:
+    """The correlation pattern of a rule-selected scenario counts exactly its rules."""
+    from logly.tracer.patterns import load_rules
+
+    patterns = load_rules().patterns
+    for scenario, rules in SCENARIO_RULES.items():
+        assert patterns[SCENARIO_STEP[scenario]].rules == rules, scenario
 
 
 def main() -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from logly.errors import ConfigError
 from logly.parsers.patterns import PatternError, compile_pattern
+from logly.tracer.patterns import load_rules
 
 
 def groups(pattern: str, text: str) -> dict[str, str] | None:
@@ -73,3 +77,28 @@ def test_bounded_free_text() -> None:
     assert groups("a <r:short> b", "a " + "x" * 129 + " b") is None
     assert groups("a <r:long> b", "a " + "x" * 1024 + " b") == {"r": "x" * 1024}
     assert groups("a <r:long> b", "a " + "x" * 1025 + " b") is None
+
+
+# ---- correlation patterns (rules/correlation.toml): selecting events by parser rule ----------
+def test_a_leaky_pattern_selects_events_by_rule(tmp_path: Path) -> None:
+    shipped = load_rules()
+    assert shipped.patterns["cve-2024-6387"].rules == {"sshd/login-timeout",
+                                                       "sshd/dispatch-fatal"}
+    assert shipped.patterns["tcpwrappers-refused"].params["capacity"] == 0  # a trigger
+    assert shipped.patterns["brute-force"].rules == frozenset()  # any rule
+    text = Path(shipped.path).read_text(encoding="utf-8")
+    bad = tmp_path / "correlation.toml"
+    for old, new, needle in [
+        ('kind = "distinct-users"\n', 'kind = "distinct-users"\nrules = ["sshd/failed"]\n',
+         r"\[pattern.password-spray\]: rules = \[...\] is for kind leaky only"),
+        ('rules = ["sshd/tcpwrappers-refused"]', 'rules = "sshd/tcpwrappers-refused"',
+         "rules must be a non-empty list"),
+        ('rules = ["sshd/tcpwrappers-refused"]', "rules = []", "rules must be a non-empty list"),
+        ('rules = ["sshd/tcpwrappers-refused"]', 'rules = ["tcpwrappers-refused"]',
+         "rule names like"),
+        ("capacity = 0\n", "capacity = -1\n", "capacity must be an integer >= 0"),
+    ]:
+        assert old in text
+        bad.write_text(text.replace(old, new, 1), encoding="utf-8")
+        with pytest.raises(ConfigError, match=needle):
+            load_rules(bad)

@@ -118,8 +118,7 @@ class _Addr:
 
 @dataclass(slots=True)
 class Ev:
-    """The normalised fields correlation reads. `msg` is there for one rule only (see
-    admin-group) until the parser says whether a group line adds or removes."""
+    """The normalised fields correlation reads (metadata as its JSON text)."""
 
     id: int
     ts: str
@@ -131,7 +130,6 @@ class Ev:
     user: str | None
     port: int | None
     meta: str | None
-    msg: str = ""
 
 
 class Correlator:
@@ -220,7 +218,7 @@ class Correlator:
             if handlers is None or not (handlers or action in self._linking):
                 continue  # most rows stop here: no pattern and no open trace wants them
             ev = Ev(first_id + i, row[0], _epoch_of(row[0], cache), row[2], row[3], action,
-                    row[9], row[10], row[11], row[12], row[8])
+                    row[9], row[10], row[11], row[12])
             self._added = -1
             for h in handlers:
                 h(ev)
@@ -270,7 +268,7 @@ class Correlator:
         if a is None:
             if len(self.addrs) > 200_000:  # a flood of one-shot addresses: forget the quiet ones
                 self._forget_addrs()
-            a = self.addrs[ip] = _Addr(len(self._leaky), t)
+            a = self.addrs[ip] = _Addr(self._n_levels, t)
         return a
 
     def _forget_addrs(self) -> None:
@@ -326,20 +324,48 @@ class Correlator:
         meta = ev.meta
         if not meta:
             return 1
+        return (self._meta_hits.get(meta) or self._meta_info(meta))[0]
+
+    def _meta_info(self, meta: str) -> tuple[int, list[tuple[int, int, int, Pattern]] | None]:
+        """How an event of this metadata text counts: its weight, and the buckets it fills if
+        its rule is one some pattern selects (None: the general ones). Kept per text: most
+        texts recur verbatim (`{"rule": "sshd/invalid-user"}`)."""
         if "duplicate_of" in meta:  # sshd and PAM logged one attempt: count it once
-            return 0
-        if ev.action == "auth_failure" and '"method": "publickey"' in meta:
-            return 0  # a declined key offer: clients try keys in turn
+            return 0, None  # (the text holds an offset: unique, not kept)
+        w = 1
         if '"repeat"' in meta:
             m = _REPEAT.search(meta)
-            return int(m[1]) if m else 1
-        return 1
+            w = int(m[1]) if m else 1
+        buckets = None
+        if self._rule_search is not None:
+            m = self._rule_search(meta)
+            if m is not None:
+                buckets = self._rule_leaky[m[1]]
+        if len(self._meta_hits) >= 4096:
+            self._meta_hits.clear()
+        info = self._meta_hits[meta] = (w, buckets)
+        return info
 
     def _prepare(self) -> None:
         """Thresholds as plain tuples: the per-event loop reads no dicts of parameters."""
         r = self.rules
-        self._leaky = [(2 * i, p.params["capacity"], p.params["leak_seconds"], p)
-                       for i, p in enumerate(r.kind("leaky"))]
+        # buckets of every failure, then buckets of some parser rules' failures only
+        leaky = sorted(r.kind("leaky"), key=lambda p: bool(p.rules))
+        self._n_levels = len(leaky)
+        buckets = [(2 * i, p.params["capacity"], p.params["leak_seconds"], p)
+                   for i, p in enumerate(leaky)]
+        self._leaky = [b for b in buckets if not b[3].rules]
+        # rule -> the general buckets and those of the patterns that select it
+        self._rule_leaky: dict[str, list[tuple[int, int, int, Pattern]]] = {}
+        for b in buckets:
+            for rule in b[3].rules:
+                self._rule_leaky.setdefault(rule, list(self._leaky)).append(b)
+        # finds a selected rule in the metadata's JSON text (a quote inside a JSON value is
+        # escaped, so `"rule": "` is only ever the key)
+        self._rule_search = re.compile('"rule": "({})"'.format(
+            "|".join(re.escape(x) for x in sorted(self._rule_leaky)))).search \
+            if self._rule_leaky else None
+        self._meta_hits: dict[str, tuple[int, list[tuple[int, int, int, Pattern]] | None]] = {}
         self._spaced = [(p.params["min_failures"], p.params["window_seconds"],
                          p.params["min_median_gap"], p) for p in r.kind("spaced")]
         self._spaced_min = min([x[0] for x in self._spaced] or [1 << 30])
@@ -365,15 +391,23 @@ class Correlator:
         ip = ev.ip
         if ip is None:
             return
-        w = self._weight(ev) if ev.meta else 1
+        meta = ev.meta
+        if meta:
+            # the event of a rule some pattern selects fills that pattern's bucket too; the
+            # few such events skip the waiting list below (its safe total is for the general
+            # buckets)
+            w, buckets = self._meta_hits.get(meta) or self._meta_info(meta)
+        else:
+            w, buckets = 1, None
         a = self.addrs.get(ip)
         if a is None:
-            if self._keep_few(ev, w):
+            if buckets is None and self._keep_few(ev, w):
                 return
             a = self._get(ip) or self._addr(ip, ev.t)
-        self._failure(ev, a, w)
+        self._failure(ev, a, w, buckets)
 
-    def _failure(self, ev: Ev, a: _Addr, w: int) -> None:
+    def _failure(self, ev: Ev, a: _Addr, w: int,
+                 buckets: list[tuple[int, int, int, Pattern]] | None = None) -> None:
         t = ev.t
         recent = a.recent
         recent.append((t, ev.id, ev.ts))  # joins the trace if one opens, counted or not
@@ -389,7 +423,7 @@ class Correlator:
             del fails[:32]
         fired: list[tuple[Pattern, dict[str, Any]]] = []
         lv = a.levels
-        for j, cap, leak, p in self._leaky:
+        for j, cap, leak, p in self._leaky if buckets is None else buckets:
             dt = t - lv[j + 1]
             if dt >= 0:
                 level = lv[j] - dt / leak
@@ -624,10 +658,10 @@ class Correlator:
                     and _UID_TO_0.search(str(meta.get("change", "")))):
                 fired.append((p, {}))
         for p in self.rules.kind("admin-group"):
-            # the parser gives adds and removals one rule name; a removal is not an escalation
-            # (asked of the parsers: a field that says which, so this reads no raw text)
-            if ev.action in p.on and meta.get("group") in p.params["groups"] and not (
-                    ev.msg.startswith(("delete ", "remove ")) or " removed by " in ev.msg):
+            # only a user put into the group: removals, renames and the group's own changes
+            # grant nothing (the parser says which in metadata "membership")
+            if (ev.action in p.on and meta.get("membership") == "added"
+                    and meta.get("group") in p.params["groups"]):
                 fired.append((p, {"group": meta.get("group")}))
         if not fired:
             return False

@@ -38,6 +38,9 @@ KINDS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "serious-error": ("errors", ("min_severity",)),
 }
 ADDRESS_FAILURE_KINDS = ("leaky", "spaced", "distinct-users", "canary-user", "scan-then-login")
+# kinds that take `rules = [...]`: count only the events of these parser rules (metadata "rule")
+RULE_KINDS = ("leaky",)
+_RULE_NAME = re.compile(r"[\w.-]{1,64}/[\w.-]{1,64}")
 _FIELD = re.compile(r"\{(\w{1,32})\}")
 TITLE_FIELDS = frozenset({"ip", "user", "host", "program", "count", "users", "ips", "ports",
                           "failures", "error_type", "group"})
@@ -61,6 +64,7 @@ class Pattern:
     title: str
     on: frozenset[str] = frozenset()
     params: dict[str, Any] = field(default_factory=dict)
+    rules: frozenset[str] = frozenset()  # parser rules it counts; empty: any rule
 
     def render(self, values: dict[str, Any]) -> str:
         return _FIELD.sub(lambda m: str(values.get(m[1]) or "?"), self.title)[:300]
@@ -157,8 +161,17 @@ def _pattern(name: str, p: dict[str, Any], where: str,
                                                          and k != "min_severity")
         if numeric and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
             raise ConfigError(f"{where}: {k} must be a positive integer")
-    if kind == "leaky" and not isinstance(params["capacity"], int):
-        raise ConfigError(f"{where}: capacity must be an integer")
+    if kind == "leaky" and (not isinstance(params["capacity"], int)
+                            or isinstance(params["capacity"], bool) or params["capacity"] < 0):
+        raise ConfigError(f"{where}: capacity must be an integer >= 0 (0: every event fires)")
+    rules = params.get("rules")
+    if rules is not None:
+        if kind not in RULE_KINDS:
+            raise ConfigError(f"{where}: rules = [...] is for kind {', '.join(RULE_KINDS)} only")
+        if (not isinstance(rules, list) or not rules
+                or not all(isinstance(r, str) and _RULE_NAME.fullmatch(r) for r in rules)):
+            raise ConfigError(f"{where}: rules must be a non-empty list of rule names like "
+                              "\"sshd/login-timeout\"")
     for k in ("on", "scan_actions", "login_actions"):
         if k in params:
             _actions(params[k], where)
@@ -170,7 +183,8 @@ def _pattern(name: str, p: dict[str, Any], where: str,
         params["groups"] = frozenset(str(x) for x in params["groups"])
     if "min_severity" in params and params["min_severity"] not in SEVERITY_RANK:
         raise ConfigError(f"{where}: min_severity must be a severity")
-    return Pattern(name, kind, trace, sev, title, frozenset(params.get("on", ())), params)
+    return Pattern(name, kind, trace, sev, title, frozenset(params.get("on", ())), params,
+                   frozenset(rules or ()))
 
 
 # ---- [correlation] config table -------------------------------------------------------------
