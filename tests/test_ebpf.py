@@ -292,3 +292,36 @@ def test_lost_counters_and_stats_are_reported(tracer: EbpfTracer) -> None:
     assert st["mode"] == "ebpf" and st["reason"] is None
     assert set(st["lost"]) == {"fork", "exec", "exit", "tcp", "slow"}
     assert st["events"]["exec"] >= 1 and st["errors"] == 0
+
+
+def _raw_conn(sk: int, saddr: str, sport: int, daddr: str, dport: int, family: int = 2) -> bytes:
+    from logly.tracer.ebpf import _ConnT
+
+    c = _ConnT(skaddr=sk, first_ts=1, last_ts=2, nstates=1, sport=sport, dport=dport,
+               family=family)
+    fam = socket.AF_INET if family == 2 else socket.AF_INET6
+    for field, addr in (("saddr", saddr), ("daddr", daddr)):
+        b = socket.inet_pton(fam, addr)
+        getattr(c, field)[:len(b)] = list(b)
+    c.states[0] = 7
+    return bytes(c)
+
+
+def test_closed_connection_cache_shares_endpoints_and_evicts_oldest_first() -> None:
+    # no kernel needed: the records are built here
+    from logly.tracer.ebpf import ConnCache, EbpfTracer, _ConnT
+
+    t = EbpfTracer()
+    cache = ConnCache(60, 3, lambda raw: t._conn(_ConnT.from_buffer_copy(raw)))
+    # three clients of one listening endpoint; one over a dual-stack socket (::ffff:10.0.0.3)
+    cache.add(_raw_conn(1, "10.0.0.1", 22, "10.0.0.2", 5001), 100.0)
+    cache.add(_raw_conn(2, "10.0.0.1", 22, "10.0.0.2", 5002), 101.0)
+    cache.add(_raw_conn(3, "::ffff:10.0.0.1", 22, "::ffff:10.0.0.3", 5003, family=10), 102.0)
+    assert [c.key for c in cache.lookup("10.0.0.1", 22)] == [1, 2, 3]
+    assert [c.remote_address for c in cache.lookup("10.0.0.3", 5003)] == ["10.0.0.3"]
+    cache.add(_raw_conn(4, "10.0.0.1", 22, "10.0.0.2", 5004), 103.0)  # over max: 1 goes
+    assert cache.evicted == 1 and cache.lookup("10.0.0.2", 5001) == []
+    assert [c.key for c in cache.lookup("10.0.0.1", 22)] == [2, 3, 4]
+    cache.prune(60 + 102.5)  # closed before 102.5 - 60: 2 and 3 go
+    assert [c.key for c in cache.lookup("10.0.0.1", 22)] == [4]
+    assert cache.lookup("10.0.0.3", 5003) == [] and len(cache.index) == 2

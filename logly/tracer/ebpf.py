@@ -20,8 +20,10 @@ import errno
 import logging
 import os
 import socket
+import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,6 +214,9 @@ class _TcpEv(ct.Structure):
     _fields_ = [("kind", ct.c_uint32), ("pad", ct.c_uint32), ("c", _ConnT)]
 
 
+_TCP_C, _CONN_SIZE = _TcpEv.c.offset, ct.sizeof(_ConnT)
+
+
 class _SlowEv(ct.Structure):
     _fields_ = [("kind", ct.c_uint32), ("pid", ct.c_uint32), ("tid", ct.c_uint32),
                 ("nr", ct.c_uint32), ("ret", ct.c_int64), ("ts", ct.c_uint64),
@@ -309,42 +314,101 @@ class ProcessCache:
 
 class ConnCache:
     """Closed TCP sockets, indexed by both endpoints, kept keep_seconds after they closed.
-    (Live sockets stay in the kernel's maps and are read when asked for.)"""
+    (Live sockets stay in the kernel's maps and are read when asked for.)
 
-    def __init__(self, keep_seconds: float, max_entries: int) -> None:
+    Each is kept as the kernel's record (200 bytes) and decoded only when a lookup finds it:
+    a busy server closes thousands of sockets a second, and few are ever asked about. An
+    endpoint is an int key; most have one socket (a bytes value), shared ones (a listening
+    port, a popular service) a deque, oldest first, so dropping the oldest costs O(1)."""
+
+    def __init__(self, keep_seconds: float, max_entries: int,
+                 decode: Callable[[bytes], Conn]) -> None:
         self.keep = keep_seconds
         self.max = max_entries
-        self.index: dict[tuple[str | None, int | None], list[Conn]] = {}
-        self.closed: collections.deque[Conn] = collections.deque()
+        self.decode = decode
+        self.index: dict[int, bytes | collections.deque[bytes]] = {}
+        self.closed: collections.deque[tuple[float, bytes]] = collections.deque()
         self.evicted = 0
 
-    def add(self, conn: Conn) -> None:
-        for key in {(conn.local_address, conn.local_port),
-                    (conn.remote_address, conn.remote_port)}:
-            if key[1]:
-                self.index.setdefault(key, []).append(conn)
-        self.closed.append(conn)
+    def add(self, raw: bytes, closed: float) -> None:
+        index = self.index
+        for key in _raw_keys(raw):
+            have = index.get(key)
+            if have is None:
+                index[key] = raw
+            elif isinstance(have, bytes):
+                index[key] = collections.deque((have, raw))
+            else:
+                have.append(raw)
+        self.closed.append((closed, raw))
         if len(self.closed) > self.max:
-            self._unindex(self.closed.popleft())
+            self._unindex(self.closed.popleft()[1])
             self.evicted += 1
 
     def lookup(self, addr: str, port: int) -> list[Conn]:
-        return list(self.index.get((addr, port), ()))
+        key = _endpoint_key(addr, port)
+        have = None if key is None else self.index.get(key)
+        if have is None:
+            return []
+        return [self.decode(have)] if isinstance(have, bytes) else [self.decode(r) for r in have]
 
     def prune(self, now: float) -> None:
         horizon = now - self.keep
-        while self.closed and (self.closed[0].closed or 0) < horizon:
-            self._unindex(self.closed.popleft())
+        while self.closed and self.closed[0][0] < horizon:
+            self._unindex(self.closed.popleft()[1])
 
-    def _unindex(self, conn: Conn) -> None:
-        for key in {(conn.local_address, conn.local_port),
-                    (conn.remote_address, conn.remote_port)}:
-            lst = self.index.get(key)
-            if lst is None:
+    def _unindex(self, raw: bytes) -> None:
+        index = self.index
+        for key in _raw_keys(raw):
+            have = index.get(key)
+            if have is None:
                 continue
-            lst[:] = [c for c in lst if c is not conn]
-            if not lst:
-                del self.index[key]
+            if isinstance(have, bytes):
+                if have is raw:
+                    del index[key]
+                continue
+            if have[0] is raw:
+                have.popleft()
+            else:
+                with contextlib.suppress(ValueError):
+                    have.remove(raw)
+            if len(have) == 1:
+                index[key] = have[0]
+            elif not have:
+                del index[key]
+
+
+_C_OFF = {name: getattr(_ConnT, name).offset for name in ("sport", "saddr", "last_ts")}
+_PORTS = struct.Struct("<HHH")  # sport, dport, family (contiguous in conn_t)
+
+
+def _key_of(family: int, addr: bytes, port: int) -> int:
+    """The int an endpoint is indexed by: address bytes and port, IPv4-mapped as IPv4."""
+    if family == socket.AF_INET:
+        return int.from_bytes(addr[:4], "big") << 16 | port
+    if addr[:12] == b"\0" * 10 + b"\xff\xff":
+        return int.from_bytes(addr[12:16], "big") << 16 | port
+    return 1 << 160 | int.from_bytes(addr[:16], "big") << 16 | port
+
+
+def _raw_keys(raw: bytes) -> set[int]:
+    sport, dport, family = _PORTS.unpack_from(raw, _C_OFF["sport"])
+    o = _C_OFF["saddr"]
+    keys = set()
+    if sport:
+        keys.add(_key_of(family, raw[o:o + 16], sport))
+    if dport:
+        keys.add(_key_of(family, raw[o + 16:o + 32], dport))
+    return keys
+
+
+def _endpoint_key(addr: str, port: int) -> int | None:
+    raw = _addr_key(addr)
+    if raw is None:
+        return None
+    if raw[4:] == bytes(12) and "." in addr:
+        return _key_of(socket.AF_INET, raw, port)
+    return _key_of(socket.AF_INET6, raw, port)
 
 
 def _addr_text(family: int, raw: Any) -> str:
@@ -375,7 +439,8 @@ class EbpfTracer(ProcfsTracer):
         super().__init__(None)
         self.settings = s = settings or TracerSettings()
         self.cache = ProcessCache(s.keep_seconds, s.max_processes)
-        self.conns = ConnCache(s.keep_seconds, s.max_connections)
+        self.conns = ConnCache(s.keep_seconds, s.max_connections,
+                               lambda raw: self._conn(_ConnT.from_buffer_copy(raw)))
         self.bpf: Any = None
         self._failed: Any = None
         self._traced: Any = None
@@ -486,7 +551,7 @@ class EbpfTracer(ProcfsTracer):
                 elif kind == EV_EXIT:
                     self._exit(ct.cast(data, ct.POINTER(_ExitEv)).contents)
                 elif kind == EV_TCP:
-                    self._tcp(ct.cast(data, ct.POINTER(_TcpEv)).contents)
+                    self._tcp(data)
                 elif kind == EV_SLOW:
                     self._slow(ct.cast(data, ct.POINTER(_SlowEv)).contents)
             self.events[EVENT_NAMES.get(kind, "other")] += 1
@@ -558,8 +623,10 @@ class EbpfTracer(ProcfsTracer):
         if e.group_dead:
             self.cache.mark_exit(e.pid, when, e.code if e.has_code else None)
 
-    def _tcp(self, e: _TcpEv) -> None:
-        self.conns.add(self._conn(e.c))
+    def _tcp(self, data: int) -> None:
+        raw = ct.string_at(data + _TCP_C, _CONN_SIZE)  # decoded if a lookup ever finds it
+        last_ts = int.from_bytes(raw[_C_OFF["last_ts"]:_C_OFF["last_ts"] + 8], "little")
+        self.conns.add(raw, self._epoch(last_ts))
 
     def _conn(self, c: _ConnT) -> Conn:
         n = min(c.nstates, MAX_STATES)
