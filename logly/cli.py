@@ -17,7 +17,7 @@ from rich.text import Text
 
 from logly.clikit import ConfigOpt, Context, DbOpt, JsonOpt, _cell, _ctx, _table, when
 from logly.errors import ExitCode, LoglyError, UsageError
-from logly.parsers.line import safe_text
+from logly.plaintext import safe_text
 from logly.timespec import parse_time
 
 app = typer.Typer(

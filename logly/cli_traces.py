@@ -13,7 +13,7 @@ from rich.text import Text
 
 from logly.clikit import ConfigOpt, DbOpt, JsonOpt, _cell, _ctx, _table, when
 from logly.errors import ExitCode, LoglyError, UsageError
-from logly.parsers.line import safe_text
+from logly.plaintext import safe_text
 from logly.timespec import parse_time
 from logly.tracer.classify import SEVERITIES
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from logly.errors import ConfigError, LoglyError
 from logly.events import ATTACK_ACTIONS
-from logly.parsers.line import safe_text
+from logly.plaintext import safe_text
 from logly.store.aggregates import NOT_DUPLICATE, retained_from, snapshot, ts
 from logly.store.sqlite import SQLiteStore
 

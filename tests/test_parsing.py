@@ -7,7 +7,8 @@ import json
 import pytest
 
 from logly.parsers.addresses import normalize_ip
-from logly.parsers.line import MAX_LINE, LineParser, safe_text
+from logly.parsers.line import MAX_LINE, LineParser
+from logly.plaintext import safe_text
 
 
 def test_ndjson_events_from_other_collectors(parser: LineParser) -> None:

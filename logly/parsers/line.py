@@ -19,7 +19,6 @@ from logly.parsers.rules import Candidate, Rule, RuleSet
 
 MAX_LINE = 64 * 1024  # longer lines are cut before matching; the event notes the cut
 _REPEAT = re.compile(r"message repeated (\d+) times: \[ ?(.*?) ?\]\s*\Z", re.S)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # JSON may spell a lone UTF-16 surrogate ("\ud800"): no UTF-8 text, so SQLite refuses to bind it
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 LINK_SECONDS = 5.0  # sshd and pam log one attempt within the same second, in practice
@@ -332,9 +331,3 @@ def _seconds_between(a: str, b: str) -> float:
     except ValueError:
         return float("inf")
 
-
-def safe_text(text: str | None) -> str:
-    """Text with control characters made visible, fit for a terminal."""
-    if not text:
-        return ""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
