@@ -316,31 +316,34 @@ class ConnCache:
     """Closed TCP sockets, indexed by both endpoints, kept keep_seconds after they closed.
     (Live sockets stay in the kernel's maps and are read when asked for.)
 
-    Each is kept as the kernel's record (200 bytes) and decoded only when a lookup finds it:
-    a busy server closes thousands of sockets a second, and few are ever asked about. An
-    endpoint is an int key; most have one socket (a bytes value), shared ones (a listening
-    port, a popular service) a deque, oldest first, so dropping the oldest costs O(1)."""
+    The tracer keeps each as the kernel's record (200 bytes), decoded by `decode` only when a
+    lookup finds it: a busy server closes thousands of sockets a second, and few are ever
+    asked about. (A Conn may be added as it is.) An endpoint is an int key; most have one
+    socket, shared ones (a listening port, a popular service) a deque, oldest first, so
+    dropping the oldest costs O(1)."""
 
     def __init__(self, keep_seconds: float, max_entries: int,
-                 decode: Callable[[bytes], Conn]) -> None:
+                 decode: Callable[[bytes], Conn] | None = None) -> None:
         self.keep = keep_seconds
         self.max = max_entries
         self.decode = decode
-        self.index: dict[int, bytes | collections.deque[bytes]] = {}
-        self.closed: collections.deque[tuple[float, bytes]] = collections.deque()
+        self.index: dict[int, Any] = {}  # key -> record, or a deque of records
+        self.closed: collections.deque[tuple[float, bytes | Conn]] = collections.deque()
         self.evicted = 0
 
-    def add(self, raw: bytes, closed: float) -> None:
+    def add(self, rec: bytes | Conn, closed: float | None = None) -> None:
         index = self.index
-        for key in _raw_keys(raw):
+        for key in _rec_keys(rec):
             have = index.get(key)
             if have is None:
-                index[key] = raw
-            elif isinstance(have, bytes):
-                index[key] = collections.deque((have, raw))
+                index[key] = rec
+            elif isinstance(have, collections.deque):
+                have.append(rec)
             else:
-                have.append(raw)
-        self.closed.append((closed, raw))
+                index[key] = collections.deque((have, rec))
+        if closed is None and isinstance(rec, Conn):
+            closed = rec.closed
+        self.closed.append((closed or 0.0, rec))
         if len(self.closed) > self.max:
             self._unindex(self.closed.popleft()[1])
             self.evicted += 1
@@ -350,28 +353,30 @@ class ConnCache:
         have = None if key is None else self.index.get(key)
         if have is None:
             return []
-        return [self.decode(have)] if isinstance(have, bytes) else [self.decode(r) for r in have]
+        recs = have if isinstance(have, collections.deque) else (have,)
+        return [r if isinstance(r, Conn) or self.decode is None else self.decode(r)
+                for r in recs]
 
     def prune(self, now: float) -> None:
         horizon = now - self.keep
         while self.closed and self.closed[0][0] < horizon:
             self._unindex(self.closed.popleft()[1])
 
-    def _unindex(self, raw: bytes) -> None:
+    def _unindex(self, rec: bytes | Conn) -> None:
         index = self.index
-        for key in _raw_keys(raw):
+        for key in _rec_keys(rec):
             have = index.get(key)
             if have is None:
                 continue
-            if isinstance(have, bytes):
-                if have is raw:
+            if not isinstance(have, collections.deque):
+                if have is rec:
                     del index[key]
                 continue
-            if have[0] is raw:
+            if have[0] is rec:
                 have.popleft()
             else:
                 with contextlib.suppress(ValueError):
-                    have.remove(raw)
+                    have.remove(rec)
             if len(have) == 1:
                 index[key] = have[0]
             elif not have:
@@ -391,7 +396,14 @@ def _key_of(family: int, addr: bytes, port: int) -> int:
     return 1 << 160 | int.from_bytes(addr[:16], "big") << 16 | port
 
 
-def _raw_keys(raw: bytes) -> set[int]:
+def _rec_keys(rec: bytes | Conn) -> set[int]:
+    if isinstance(rec, Conn):
+        return {k for k in (_endpoint_key(rec.local_address, rec.local_port)
+                            if rec.local_address and rec.local_port else None,
+                            _endpoint_key(rec.remote_address, rec.remote_port)
+                            if rec.remote_address and rec.remote_port else None)
+                if k is not None}
+    raw = rec
     sport, dport, family = _PORTS.unpack_from(raw, _C_OFF["sport"])
     o = _C_OFF["saddr"]
     keys = set()
