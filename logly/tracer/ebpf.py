@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -65,7 +66,7 @@ class TracerSettings:
     failed_syscalls: bool = True  # count failed syscalls (raw_syscalls:sys_exit, every syscall)
     slow_syscalls: bool = False  # time the syscalls of linked pids: one more probe per syscall
     slow_syscall_ms: float = 10.0
-    ringbuf_pages: int = 2048  # 8 MiB: ~1,500 execs with full argv between two drains
+    ringbuf_pages: int = 1024  # 4 MiB: ~8,000 fork+exec+exit with short argv between drains
     drain_ms: float = 50.0  # how often the ring buffer is read (and before each linked batch)
     failed_pids: int = 16384  # processes whose failed syscalls the kernel map holds
     link_host: bool = True  # link only events whose host is this machine (or unset)
@@ -232,7 +233,8 @@ class _Fail(ct.Structure):
 
 
 def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
+    # interned: thousands of cached processes share a handful of comm and exe names
+    return sys.intern(raw.decode("utf-8", "replace"))
 
 
 def _arg(raw: bytes) -> str:
