@@ -242,8 +242,9 @@ def main() -> int:
         env = {**os.environ, "LOGLY_TIMEZONE": "UTC"}
         # "logly" is parse + store (--no-enrich), what fail2ban-regex's job compares with;
         # "logly+enrich" adds reputation, error classes and correlation, as `ingest` does
-        # by default
-        variants = {"logly": ["--no-enrich"], "logly+enrich": []}
+        # by default; "logly --jobs 2" parses a block at a time in two processes
+        variants = {"logly": ["--no-enrich"], "logly --jobs 2": ["--no-enrich", "--jobs", "2"],
+                    "logly+enrich": []}
         results: dict[str, list[dict]] = {**{v: [] for v in variants}, "fail2ban-regex": []}
         for i in range(args.runs):
             for name, extra in variants.items():

@@ -68,7 +68,7 @@ def ingest(
         "(a fast bulk load; `logly ip --recompute` scores later).")] = False,
     jobs: Annotated[int | None, typer.Option(
         "--jobs", "-j", min=1, max=64, help="Parser processes for a large file (default: one "
-        "per CPU, up to 4; the writer is one more).", show_default=False)] = None,
+        "per CPU beside the writer's, up to 4).", show_default=False)] = None,
     as_json: JsonOpt = False,
     db: DbOpt = None,
     config: ConfigOpt = None,

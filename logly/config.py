@@ -78,7 +78,7 @@ class Config:
     db: Path
     rules_dirs: list[Path] = field(default_factory=list)
     timezone: str | None = None  # zone of log times that carry none; None = this machine's
-    batch_lines: int = 10_000
+    batch_lines: int = 20_000
     batch_seconds: float = 1.0
     source: Path | None = None  # the file this came from, if any
     sources: list[SourceSpec] = field(

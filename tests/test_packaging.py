@@ -37,7 +37,7 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 
 def test_default_config_loads_and_matches_the_defaults() -> None:
     cfg = load_config(REPO / "packaging" / "logly.toml", env={})
-    assert cfg.batch_lines == 10000 and cfg.daemon.batch_seconds == 0.1
+    assert cfg.batch_lines == 20000 and cfg.daemon.batch_seconds == 0.1
     assert [(s.path, s.type) for s in cfg.sources] == [
         ("/var/log/auth.log", "auth"), ("/var/log/fail2ban.log", "fail2ban")]
 
