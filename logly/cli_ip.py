@@ -15,19 +15,23 @@ through `safe_text`, and JSON is printed ASCII-escaped.
 
 # No `from __future__ import annotations`: typer reads the option annotations of the commands
 # `register` defines, and those name typer, which is imported there and not at module level.
+# The other annotations are strings: typing, pathlib and dataclasses stay unloaded on the fast
+# path (logly/configread.py).
 import sys
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
 
 from logly.errors import ExitCode, LoglyError, UsageError
 from logly.plaintext import Table, json_line, lines, safe_text, when, width_of
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import IO, Any
+
     import typer
 
     from logly.config import Config
+    from logly.configread import RawConfig
     from logly.tracer.reputation import Reputation
 
 
@@ -46,8 +50,9 @@ def _fmt(n: float | None) -> str:
 
 
 # ---- the commands, whichever way they came in ---------------------------------------------
-def show_ip(config: "Config", address: str, *, events: int = 10, as_json: bool = False,
-            out: IO[str] | None = None, rep: "Reputation | None" = None) -> None:
+def show_ip(config: "Config | RawConfig", address: str, *, events: int = 10,
+            as_json: bool = False, out: "IO[str] | None" = None,
+            rep: "Reputation | None" = None) -> None:
     """Print what is known about an address or network; NotSeen or UsageError otherwise."""
     from logly.tracer.reputation import load_for_cli
     from logly.tracer.reputation_query import connect, ip_report, parse_target
@@ -64,8 +69,8 @@ def show_ip(config: "Config", address: str, *, events: int = 10, as_json: bool =
     out.write(json_line(report) if as_json else render_report(report, width_of(out)))
 
 
-def show_ips(config: "Config", top: int = 20, since: str | None = None, *,
-             as_json: bool = False, out: IO[str] | None = None) -> None:
+def show_ips(config: "Config | RawConfig", top: int = 20, since: str | None = None, *,
+             as_json: bool = False, out: "IO[str] | None" = None) -> None:
     """Print the worst addresses by current score, seen since `since` (24h, 7d, ISO)."""
     from logly.timespec import parse_time
     from logly.tracer.reputation import load_for_cli
@@ -98,7 +103,7 @@ _VALUED = {"ip": ("--db", "--config", "--events"), "ips": ("--db", "--config", "
 _MINIMUM = {"--events": 0, "--top": 1}
 
 
-def parse_argv(argv: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
+def parse_argv(argv: "Sequence[str]") -> "tuple[str, dict[str, Any]] | None":
     """(command, options) for the forms `run` answers, None for anything else: another
     command, --help, --recompute, an option before the command, a value typer would refuse
     (typer then says what is wrong, as for every command)."""
@@ -140,20 +145,21 @@ def parse_argv(argv: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
     return cmd, opts
 
 
-def run(argv: Sequence[str]) -> int | None:
+def run(argv: "Sequence[str]") -> int | None:
     """Answer `logly ip ...` / `logly ips ...` and return the exit code, or None when these
     arguments are for the typer app (see `parse_argv`)."""
     parsed = parse_argv(argv)
     if parsed is None:
         return None
     cmd, o = parsed
-    from logly.config import load_config
+    from logly.configread import read_config
 
     try:
-        # the [scheduler]/[report] tables are checked where they are used, not on this path
-        config = load_config(o["--config"], check_stages=False)
+        # the config as logly.config.load_config(check_stages=False) reads it, without the
+        # dataclasses: the [scheduler]/[report] tables are checked where they are used
+        config = read_config(o["--config"])
         if o["--db"] is not None:
-            config.db = Path(o["--db"])
+            config.db = o["--db"]
         if cmd == "ip":
             show_ip(config, o["address"], events=o["--events"], as_json=o["--json"])
         else:
@@ -257,7 +263,7 @@ def register(app: "typer.Typer") -> None:
         show_ips(ctx.config, top, since, as_json=as_json, out=ctx.out.file)
 
 
-def _hosts_in(store: Any, target: Any) -> list[str]:
+def _hosts_in(store: "Any", target: "Any") -> list[str]:
     """Every address inside a network that has a reputation row or events (for --recompute)."""
     from logly.tracer.reputation_query import members_in, reading
 
@@ -266,7 +272,7 @@ def _hosts_in(store: Any, target: Any) -> list[str]:
 
 
 # ---- the report as text -------------------------------------------------------------------
-def render_report(r: dict[str, Any], width: int) -> str:
+def render_report(r: "dict[str, Any]", width: int) -> str:
     """`ip_report`'s dict as the tables `logly ip` prints."""
     head = r["address"]
     if r["score"] is None:

@@ -1,7 +1,8 @@
 """LogEvent, the one record every stage passes on, and the action vocabulary.
 
 The action names are a contract (ARCHITECTURE.md): scripts and correlation rules match on them,
-so they are constants here and rule files are checked against this set at load time.
+so they are constants (logly/actions.py, re-exported here) and rule files are checked against
+this set at load time.
 """
 
 from __future__ import annotations
@@ -10,49 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-ACTIONS: frozenset[str] = frozenset(
-    {
-        "auth_failure",
-        "invalid_user",
-        "auth_success",
-        "preauth_disconnect",
-        "scan",
-        "session_open",
-        "session_close",
-        "sudo_command",
-        "sudo_failure",
-        "sudo_denied",
-        "su_success",
-        "su_failure",
-        "user_added",
-        "user_deleted",
-        "user_modified",
-        "group_changed",
-        "password_changed",
-        "firewall_block",
-        "f2b_found",
-        "f2b_ban",
-        "f2b_unban",
-        # informational lines worth keeping that carry no security verdict
-        "connection",
-        "disconnect",
-        "error",
-        "info",
-    }
-)
+from logly.actions import ACTIONS, ATTACK_ACTIONS
 
-# Actions that count against the address that caused them.
-ATTACK_ACTIONS: frozenset[str] = frozenset(
-    {
-        "auth_failure",
-        "invalid_user",
-        "preauth_disconnect",
-        "scan",
-        "firewall_block",
-        "f2b_found",
-        "f2b_ban",
-    }
-)
+__all__ = ["ACTIONS", "ATTACK_ACTIONS", "EVENT_COLUMNS", "LEVELS", "LogEvent"]
 
 LEVELS: tuple[str, ...] = ("debug", "info", "notice", "warning", "error", "critical")
 

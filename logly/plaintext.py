@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import IO, Any
+
+TYPE_CHECKING = False  # typing costs milliseconds of start-up; annotations only
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 PIPED_WIDTH = 160  # piped output is not squeezed into 80 columns

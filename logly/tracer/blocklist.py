@@ -14,18 +14,20 @@ still loads.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 
 # `logly ip` loads this module in a process that must answer in 50 ms: the C module rather
-# than socket.py (its enum set-up takes milliseconds), and logging only when something is said
+# than socket.py (its enum set-up takes milliseconds), logging only when something is said,
+# no dataclasses, typing or pathlib, and ipaddress only for the forms inet_pton lacks
 from _socket import AF_INET, AF_INET6, inet_pton
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
 
 _AF = {4: AF_INET, 6: AF_INET6}
 RELOAD_CHECK_SECONDS = 1.0
@@ -50,6 +52,8 @@ def addr_int(text: str) -> tuple[int, int] | None:
 def parse_entry(text: str) -> tuple[int, int, int]:
     """(family, first, last) of an address, CIDR or range; ValueError if it is none."""
     if "-" in text:
+        import ipaddress
+
         lo_t, hi_t = (p.strip() for p in text.split("-", 1))
         lo, hi = ipaddress.ip_address(lo_t), ipaddress.ip_address(hi_t)
         if lo.version != hi.version or int(hi) < int(lo):
@@ -69,19 +73,35 @@ def parse_entry(text: str) -> tuple[int, int, int]:
         host = (1 << (bits - plen)) - 1
         # FireHOL lists hold some CIDRs with host bits set; they mean the network
         return fam, value & ~host, (value & ~host) | host
+    import ipaddress
+
     net = ipaddress.ip_network(text, strict=False)  # the exact error, or forms inet_pton lacks
     return net.version, int(net.network_address), int(net.broadcast_address)
 
 
-@dataclass
 class NetSet:
     """Merged intervals per family: starts[i]..ends[i] inclusive, starts sorted."""
 
-    v4_starts: array = field(default_factory=lambda: array("Q"))
-    v4_ends: array = field(default_factory=lambda: array("Q"))
-    v6_starts: list[int] = field(default_factory=list)  # 128-bit: plain Python ints
-    v6_ends: list[int] = field(default_factory=list)
-    entries: int = 0
+    __slots__ = ("v4_starts", "v4_ends", "v6_starts", "v6_ends", "entries")
+
+    def __init__(self, v4_starts: array | None = None, v4_ends: array | None = None,
+                 v6_starts: list[int] | None = None, v6_ends: list[int] | None = None,
+                 entries: int = 0) -> None:
+        self.v4_starts = array("Q") if v4_starts is None else v4_starts
+        self.v4_ends = array("Q") if v4_ends is None else v4_ends
+        self.v6_starts = [] if v6_starts is None else v6_starts  # 128-bit: plain Python ints
+        self.v6_ends = [] if v6_ends is None else v6_ends
+        self.entries = entries
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NetSet) and all(
+            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it was
+
+    def __repr__(self) -> str:
+        return (f"NetSet(entries={self.entries}, v4 intervals={len(self.v4_starts)}, "
+                f"v6 intervals={len(self.v6_starts)})")
 
     @classmethod
     def build(cls, intervals: Iterable[tuple[int, int, int]]) -> NetSet:
@@ -155,15 +175,20 @@ def parse_list(text: str, source: str = "<list>") -> tuple[NetSet, list[str]]:
     return NetSet.build(spans), bad
 
 
-@dataclass
 class Blocklist:
-    path: Path
-    name: str
-    nets: NetSet = field(default_factory=NetSet)
-    mtime_ns: int | None = None
-    size: int | None = None
-    loaded: bool = False
-    problems: int = 0
+    """One list file: its set as last read, and what the file looked like then."""
+
+    __slots__ = ("path", "name", "nets", "mtime_ns", "size", "loaded", "problems")
+
+    def __init__(self, path: Path, name: str, nets: NetSet | None = None,
+                 mtime_ns: int | None = None, size: int | None = None, loaded: bool = False,
+                 problems: int = 0) -> None:
+        self.path, self.name = path, name
+        self.nets = NetSet() if nets is None else nets
+        self.mtime_ns, self.size, self.loaded, self.problems = mtime_ns, size, loaded, problems
+
+    def __repr__(self) -> str:
+        return f"Blocklist({self.name!r}, {str(self.path)!r}, {len(self.nets)} entries)"
 
 
 class Blocklists:
@@ -178,6 +203,8 @@ class Blocklists:
         self.lists: list[Blocklist] = []
         names: dict[str, int] = {}
         for p in paths:
+            from pathlib import Path  # here: `logly ip` builds one without lists
+
             path = Path(p)
             name = path.name.removesuffix(".netset").removesuffix(".ipset")
             name = name.removesuffix(".txt").removesuffix(".list")

@@ -13,16 +13,22 @@ address per batch.
 
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
-from pathlib import Path
-from typing import Any
+
+# `logly ip` loads this module (for the class) and opens no database: nothing else at import
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    Geo = dict[str, Any]
 
 CACHE_SIZE = 65_536
-Geo = dict[str, Any]
 
 
 def _not_public(addr: str) -> bool:
+    import ipaddress
+
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:

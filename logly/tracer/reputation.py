@@ -24,18 +24,22 @@ from __future__ import annotations
 import gc
 import json
 from _socket import AF_INET6, inet_ntop, inet_pton  # not socket.py: ms of start-up (logly ip)
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
 
 from logly.errors import ConfigError
 from logly.tracer.blocklist import Blocklists, NetSet, addr_int
 from logly.tracer.geoip import GeoIP
 from logly.tracer.reputation_model import Model, parse_duration
 
-if TYPE_CHECKING:  # the read side (`logly ip`) loads this module without SQLAlchemy
+# The read side (`logly ip`) loads this module in a process that must answer in milliseconds:
+# no SQLAlchemy, dataclasses or typing at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
     from logly.store.sqlite import BatchHook
 
 Clock = Callable[[], datetime]
@@ -64,14 +68,32 @@ def fade_age(since: str | None, listed: bool, now: datetime) -> float:
 
 
 # ---- configuration ----------------------------------------------------------------------------
-@dataclass
 class ReputationSettings:
-    enabled: bool = True
-    half_life: float | None = None  # seconds; None: the model's
-    allowlist: list[str] = field(default_factory=list)
-    blocklists: list[str] = field(default_factory=list)
-    geoip_city: str | None = None
-    geoip_asn: str | None = None
+    """`[reputation]`, checked (see `settings`)."""
+
+    __slots__ = ("enabled", "half_life", "allowlist", "blocklists", "geoip_city", "geoip_asn")
+
+    def __init__(self, enabled: bool = True, half_life: float | None = None,
+                 allowlist: list[str] | None = None, blocklists: list[str] | None = None,
+                 geoip_city: str | None = None, geoip_asn: str | None = None) -> None:
+        self.enabled = enabled
+        self.half_life = half_life  # seconds; None: the model's
+        self.allowlist: list[str] = [] if allowlist is None else allowlist
+        self.blocklists: list[str] = [] if blocklists is None else blocklists
+        self.geoip_city = geoip_city
+        self.geoip_asn = geoip_asn
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ReputationSettings) and self._values() == other._values()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "ReputationSettings(" + ", ".join(
+            f"{k}={v!r}" for k, v in zip(self.__slots__, self._values(), strict=True)) + ")"
 
 
 def settings(config: Any) -> ReputationSettings:
@@ -468,13 +490,19 @@ class Reputation:
         return Scored(score, base, verdict, evidence, facts)
 
 
-@dataclass
 class Scored:
-    score: float
-    base: float
-    verdict: str
-    evidence: list[list[Any]]
-    facts: dict[str, float]
+    """A row's score now, before decay, its verdict, and the evidence and facts behind it."""
+
+    __slots__ = ("score", "base", "verdict", "evidence", "facts")
+
+    def __init__(self, score: float, base: float, verdict: str, evidence: list[list[Any]],
+                 facts: dict[str, float]) -> None:
+        self.score, self.base, self.verdict = score, base, verdict
+        self.evidence, self.facts = evidence, facts
+
+    def __repr__(self) -> str:
+        return (f"Scored(score={self.score!r}, base={self.base!r}, verdict={self.verdict!r}, "
+                f"evidence={self.evidence!r}, facts={self.facts!r})")
 
 
 def _add_capped(state: dict[str, Any], key: str, counts: dict[str, int], cap: int,

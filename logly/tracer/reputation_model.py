@@ -8,20 +8,24 @@ reasoning behind it are in the file itself and in docs/reputation.md.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+import os
 
-from logly.config import read_toml
+from logly.configread import path_text, read_toml
 from logly.errors import ConfigError
+
+# `logly ip` loads this in a process that must answer in milliseconds: no dataclasses, typing
+# or pathlib (see logly/configread.py)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from pathlib import Path
+    from typing import Any
 
 MODEL_FILE = "reputation.toml"
 # counts the code derives from the state (every counter name is a count too)
 DERIVED = ("users", "spray", "ports", "banned", "recidive", "compromise", "blocklists", "hosts")
 VERDICTS = ("malicious", "suspicious", "low", "clean", "allowlisted")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_DURATION = r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$"
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -29,7 +33,7 @@ def parse_duration(value: Any, where: str) -> float:
     """`7d`, `36h`, `90m` or a number of seconds -> seconds (> 0)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
+    elif isinstance(value, str) and (m := _re().match(_DURATION, value)):
         seconds = float(m[1]) * _SECONDS[m[2]]
     else:
         raise ConfigError(f"{where}: {value!r} is not a duration",
@@ -39,37 +43,70 @@ def parse_duration(value: Any, where: str) -> float:
     return seconds
 
 
-@dataclass(frozen=True)
+def _re():  # type: ignore[no-untyped-def]
+    import re  # loaded anyway by json; compiled only when a duration is read
+
+    return re
+
+
 class Feature:
-    name: str
-    count: str
-    points: float
-    cap: float | None
-    free: int
-    text: str
+    """One [feature.NAME] table: `points` per unit of `count` above `free`, up to `cap`."""
+
+    __slots__ = ("name", "count", "points", "cap", "free", "text")
+
+    def __init__(self, name: str, count: str, points: float, cap: float | None, free: int,
+                 text: str) -> None:
+        self.name, self.count, self.points = name, count, points
+        self.cap, self.free, self.text = cap, free, text
+
+    def _key(self) -> tuple:
+        return (self.name, self.count, self.points, self.cap, self.free, self.text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Feature) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return ("Feature(" + ", ".join(f"{k}={v!r}" for k, v in zip(
+            self.__slots__, self._key(), strict=True)) + ")")
 
 
-@dataclass
 class Model:
-    max_score: float
-    half_life: float  # seconds
-    malicious: float
-    suspicious: float
-    by_action: dict[str, str]
-    by_rule: dict[str, str]
-    by_method: dict[str, str]
-    attack: frozenset[str]
-    user_counters: frozenset[str]
-    streak: frozenset[str]
-    attempt_counters: frozenset[str]
-    features: list[Feature]
-    spray_min_users: int = 10
-    spray_max_per_user: float = 3.0
-    compromise_after: int = 5
-    max_users_kept: int = 1000
-    max_ports_kept: int = 1000
-    examples: list[dict[str, Any]] = field(default_factory=list)
-    sources: list[Path] = field(default_factory=list)
+    """The model's numbers and names; `from_dict` checks them, the methods score."""
+
+    def __init__(self, max_score: float, half_life: float, malicious: float,
+                 suspicious: float, by_action: dict[str, str], by_rule: dict[str, str],
+                 by_method: dict[str, str], attack: frozenset[str],
+                 user_counters: frozenset[str], streak: frozenset[str],
+                 attempt_counters: frozenset[str], features: list[Feature],
+                 spray_min_users: int = 10, spray_max_per_user: float = 3.0,
+                 compromise_after: int = 5, max_users_kept: int = 1000,
+                 max_ports_kept: int = 1000, examples: list[dict[str, Any]] | None = None,
+                 sources: list[str] | None = None) -> None:
+        self.max_score = max_score
+        self.half_life = half_life  # seconds
+        self.malicious = malicious
+        self.suspicious = suspicious
+        self.by_action = by_action
+        self.by_rule = by_rule
+        self.by_method = by_method
+        self.attack = attack
+        self.user_counters = user_counters
+        self.streak = streak
+        self.attempt_counters = attempt_counters
+        self.features = features
+        self.spray_min_users = spray_min_users
+        self.spray_max_per_user = spray_max_per_user
+        self.compromise_after = compromise_after
+        self.max_users_kept = max_users_kept
+        self.max_ports_kept = max_ports_kept
+        self.examples = [] if examples is None else examples
+        self.sources = [] if sources is None else sources  # the files, as text
+
+    def __repr__(self) -> str:
+        return f"Model(sources={self.sources!r}, features={len(self.features)})"
 
     @property
     def _plan(self) -> list[tuple[str, str, int, float, float | None]]:
@@ -84,13 +121,13 @@ class Model:
     @classmethod
     def load(cls, dirs: Iterable[str | Path] | None = None) -> Model:
         """The shipped file, with any `reputation.toml` of later rule dirs merged over it."""
-        from logly.config import shipped_rules_dir
+        from logly.configread import shipped_rules_path
 
-        shipped = shipped_rules_dir()
-        paths = [shipped / MODEL_FILE]
+        paths = [os.path.join(shipped_rules_path(), MODEL_FILE)]
+        shipped = os.path.realpath(paths[0])
         for d in dirs or ():
-            p = Path(d) / MODEL_FILE
-            if p.resolve() != paths[0].resolve() and p.is_file():
+            p = os.path.join(path_text(d), MODEL_FILE)
+            if os.path.realpath(p) != shipped and os.path.isfile(p):
                 paths.append(p)
         data: dict[str, Any] = {}
         for p in paths:
@@ -98,7 +135,7 @@ class Model:
         return cls.from_dict(data, paths)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], sources: list[Path] | None = None) -> Model:
+    def from_dict(cls, data: dict[str, Any], sources: list[str] | None = None) -> Model:
         where = " + ".join(str(p) for p in sources or []) or MODEL_FILE
         known = {"score", "verdicts", "derive", "counters", "feature", "example"}
         for key in data:
@@ -112,7 +149,7 @@ class Model:
         by_rule = _str_map(counters.pop("rules", {}), f"{where}: [counters.rules]")
         by_method = _str_map(counters.pop("methods", {}), f"{where}: [counters.methods]")
         lists = {k: counters.pop(k, []) for k in ("attack", "users", "streak", "attempts")}
-        from logly.events import ACTIONS
+        from logly.actions import ACTIONS
 
         by_action = _str_map(counters, f"{where}: [counters]")
         for action in by_action:
@@ -166,7 +203,7 @@ class Model:
             attack=frozenset(lists["attack"]), user_counters=frozenset(lists["users"]),
             streak=frozenset(lists["streak"]), attempt_counters=frozenset(lists["attempts"]),
             features=features,
-            examples=list(data.get("example", [])), sources=list(sources or []),
+            examples=list(data.get("example", [])), sources=[str(p) for p in sources or []],
         )
         if not 0 < model.suspicious <= model.malicious:
             raise ConfigError(f"{where}: [verdicts] needs 0 < suspicious <= malicious")

@@ -16,19 +16,23 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import json
+import os
 import sqlite3
-from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+from logly.configread import path_text
 from logly.errors import LoglyError, UsageError
 from logly.parsers.addresses import normalize_ip
 from logly.tracer.reputation import BANS_KEPT, Reputation, fade_age, net64
 
+# no dataclasses, typing or pathlib at run time: `logly ip` (see logly/configread.py)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from datetime import datetime
+    from pathlib import Path
+    from typing import Any
+
     from logly.store.sqlite import SQLiteStore
 
 RECENT_EVENTS = 10
@@ -39,23 +43,41 @@ _ROW_KEYS = ("address", "score", "verdict", "first_seen", "last_seen", "evidence
              "users", "geo", "asn", "blocklists", "updated", "base_score", "last_attack", "net")
 
 
-@dataclass(frozen=True)
 class Target:
-    text: str  # canonical: an address, or a network in CIDR form
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    """What `logly ip` was asked about: `text` is canonical (an address, or a network in CIDR
+    form); `network` is None for an address."""
+
+    __slots__ = ("text", "network")
+
+    def __init__(self, text: str,
+                 network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None) -> None:
+        self.text = text
+        self.network = network
 
     @property
     def is_host(self) -> bool:
         return self.network is None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Target) and (self.text, self.network) == (other.text,
+                                                                          other.network)
+
+    def __hash__(self) -> int:
+        return hash((self.text, self.network))
+
+    def __repr__(self) -> str:
+        return f"Target(text={self.text!r}, network={self.network!r})"
 
 
 def connect(path: str | Path, *, busy_timeout_ms: int = 10_000) -> sqlite3.Connection:
     """A connection for reading, without SQLAlchemy: the database must exist and carry a
     schema (the same check and message as SQLiteStore.require_schema); the same busy
     timeout as the store, so a write in progress makes it wait rather than fail."""
-    p = Path(path).absolute()
+    p = path_text(path)
+    if not p.startswith("/"):  # as Path(path).absolute() spells it
+        p = path_text(os.path.join(os.getcwd(), p))
     missing = LoglyError(f"no Logly database at {p}", hint="run `logly init` first")
-    if not p.exists():
+    if not os.path.exists(p):
         raise missing
     conn = sqlite3.connect(p, timeout=busy_timeout_ms / 1000, isolation_level=None)
     try:
