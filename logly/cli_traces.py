@@ -135,11 +135,15 @@ def register(app: typer.Typer) -> None:
         if tr["more_events"]:
             out.print(Text(f"... and {tr['more_events']:,} more events"))
         if tr["processes"]:
-            pt = _table("pid", "ppid", "uid", "container", "exe", "cmdline", title="Processes")
+            from logly.tracer.procfs import exit_text
+
+            pt = _table("pid", "ppid", "uid", "container", "exe", "cmdline", "ended",
+                        title="Processes")
             for p in tr["processes"]:
                 pt.add_row(_cell(p["pid"]), _cell(p["ppid"]), _cell(p["uid"]),
                            _cell(p["container"]), _cell(p["exe"] or p["comm"]),
-                           _cell(p["cmdline"]))
+                           _cell(p["cmdline"]),
+                           _cell(exit_text(p["exit_code"]) if p["exit"] else None))
             out.print(pt)
         if tr["syscalls"]:
             sc = _table("pid", "failed syscalls", "slow", title="Syscalls")

@@ -325,3 +325,29 @@ def test_closed_connection_cache_shares_endpoints_and_evicts_oldest_first() -> N
     cache.prune(60 + 102.5)  # closed before 102.5 - 60: 2 and 3 go
     assert [c.key for c in cache.lookup("10.0.0.1", 22)] == [4]
     assert cache.lookup("10.0.0.3", 5003) == [] and len(cache.index) == 2
+
+
+def test_process_killed_by_a_signal_records_the_signal(
+        tracer: EbpfTracer, tmp_path: Path, db_path: Path, store: SQLiteStore,
+        rules: RuleSet) -> None:
+    # no exit_group(): the kernel ends it for SIGTERM, so the exit code is the signal's
+    log = tmp_path / "auth.log"
+    script = ('printf "%s %s sshd[%s]: Failed password for root from 203.0.113.10 port 4243 '
+              'ssh2\\n" "$(date -u +%Y-%m-%dT%H:%M:%S.%6N+00:00)" ' f'{HOST} $$ >> {log}; '
+              'kill -TERM $$; sleep 5')
+    child = subprocess.Popen(["/bin/sh", "-c", script])
+    assert child.wait() == -15
+    assert _wait_for(lambda: (p := tracer.process(child.pid)) is not None and p.exit is not None)
+    info = tracer.process(child.pid)
+    assert info is not None and info.exit_code == -15 and info.ended() == "killed by SIGTERM"
+
+    _follow(store, rules, log, tracer)
+
+    ev = _rows(db_path, "SELECT * FROM log_events")
+    me = _rows(db_path, "SELECT * FROM process_traces WHERE event_id = ?", (ev[0]["id"],))[0]
+    assert me["pid"] == child.pid and me["exit_code"] == -15
+    # a process that handles the signal and then exits keeps its own code
+    handled = subprocess.Popen(["/bin/sh", "-c", "trap 'exit 3' TERM; kill -TERM $$; sleep 5"])
+    assert handled.wait() == 3
+    assert _wait_for(lambda: (p := tracer.process(handled.pid)) is not None and p.exit is not None)
+    assert tracer.process(handled.pid).exit_code == 3  # type: ignore[union-attr]

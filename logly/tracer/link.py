@@ -286,9 +286,9 @@ def _title(info: ProcInfo | None, conns: list[Conn]) -> str:
     if info is not None:
         what = info.exe or info.comm or "?"
         parts.append(f"{info.comm or '?'}[{info.pid}] {what} uid {info.uid}")
-        if info.exit is not None:
-            code = "" if info.exit_code is None else f" {info.exit_code}"
-            parts.append(f"exited{code}")
+        ended = info.ended()
+        if ended is not None:
+            parts.append(ended)
     for c in conns[:1]:
         parts.append(f"tcp {c.remote_address}:{c.remote_port} -> "
                      f"{c.local_address}:{c.local_port}")

@@ -9,6 +9,7 @@ including for processes that are gone, and uses the /proc scan here to seed its 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,24 @@ class ProcInfo:
 
     def cmdline(self) -> str | None:
         return None if self.argv is None else " ".join(self.argv)
+
+    def ended(self) -> str | None:
+        """How it ended: "exited 0", "killed by SIGTERM" (a negative exit_code is the signal,
+        as in Python's returncode), "exited" with no code known; None while it runs."""
+        if self.exit is None:
+            return None
+        return exit_text(self.exit_code)
+
+
+def exit_text(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited {code}"
 
 
 @dataclass(slots=True)

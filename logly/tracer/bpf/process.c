@@ -25,6 +25,9 @@ struct argv_ev {
 };
 BPF_PERCPU_ARRAY(argv_scratch, struct argv_ev, 1);  // too big for the 512-byte BPF stack
 BPF_HASH(exit_codes, u32, int, 16384);              // tgid -> exit_group() code
+// tgid -> the last signal sent to it whose default action ends a process; used only when the
+// process dies without calling exit_group(): then that signal killed it
+BPF_TABLE("lru_hash", u32, int, kill_signals, 16384);
 
 struct fork_ev {
     u32 kind;
@@ -143,6 +146,21 @@ TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
     return 0;
 }
 
+// Signals are rare next to syscalls: this probe costs nothing measurable.
+TRACEPOINT_PROBE(signal, signal_generate)
+{
+    int sig = args->sig;
+    // default action "ignore" or "stop": SIGCHLD..SIGURG (17-23), SIGWINCH (28)
+    if (sig <= 0 || (sig >= 17 && sig <= 23) || sig == 28)
+        return 0;
+    // 0: delivered, 2: already pending (the same signal is on its way)
+    if (args->result != 0 && args->result != 2)
+        return 0;
+    u32 pid = args->pid;
+    kill_signals.update(&pid, &sig);
+    return 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -163,11 +181,17 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     e->code = 0;
     if (dead) {
         int *c = exit_codes.lookup(&tgid);
+        int *sig = kill_signals.lookup(&tgid);
         if (c) {
             e->code = *c;
             e->has_code = 1;
             exit_codes.delete(&tgid);
+        } else if (sig) {
+            e->code = -*sig;  // as Python's returncode: -15 is "killed by SIGTERM"
+            e->has_code = 1;
         }
+        if (sig)
+            kill_signals.delete(&tgid);
     }
     e->ts = bpf_ktime_get_ns();
     events.ringbuf_submit(e, RB_FLAGS);
