@@ -351,3 +351,46 @@ def test_process_killed_by_a_signal_records_the_signal(
     assert handled.wait() == 3
     assert _wait_for(lambda: (p := tracer.process(handled.pid)) is not None and p.exit is not None)
     assert tracer.process(handled.pid).exit_code == 3  # type: ignore[union-attr]
+
+
+def _docker_style_cgroup(cid: str) -> Path | None:
+    """A real cgroup named as Docker's cgroupfs driver names a container's (/docker/<id>)."""
+    for root in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        if (root / "cgroup.procs").exists():
+            try:
+                d = root / "docker" / cid
+                d.mkdir(parents=True)
+                return d
+            except OSError:
+                continue
+    return None
+
+
+def test_process_in_a_container_cgroup_is_attributed_to_it(
+        tracer: EbpfTracer, tmp_path: Path, db_path: Path, store: SQLiteStore,
+        rules: RuleSet) -> None:
+    # no Docker engine here: the process is put in a real cgroup where Docker puts one
+    cid = os.urandom(32).hex()
+    cg = _docker_style_cgroup(cid)
+    if cg is None:
+        pytest.skip("no cgroup hierarchy this test can create a cgroup in")
+    log = tmp_path / "auth.log"
+    try:
+        inner = ('printf "%s %s sshd[%s]: Failed password for root from 203.0.113.11 port 4244 '
+                 'ssh2\\n" "$(date -u +%Y-%m-%dT%H:%M:%S.%6N+00:00)" ' f'{HOST} $$ >> {log}; '
+                 'sleep 0.5')
+        # join the cgroup, then exec: the exec the tracer sees happens inside the container
+        child = subprocess.Popen(["/bin/sh", "-c",
+                                  f'echo $$ > {cg}/cgroup.procs && exec /bin/sh -c \'{inner}\''])
+        assert child.wait() == 0
+        assert _wait_for(lambda: (p := tracer.process(child.pid)) is not None
+                         and p.exit is not None)
+        _follow(store, rules, log, tracer)
+        ev = _rows(db_path, "SELECT * FROM log_events")
+        me = _rows(db_path, "SELECT * FROM process_traces WHERE event_id = ?", (ev[0]["id"],))[0]
+        assert me["pid"] == child.pid and me["container"] == f"docker:{cid}"
+        parent = _rows(db_path, "SELECT * FROM process_traces WHERE trace_id = ? AND pid = ?",
+                       (me["trace_id"], os.getpid()))
+        assert parent and parent[0]["container"] != f"docker:{cid}"
+    finally:
+        cg.rmdir()
