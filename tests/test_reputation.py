@@ -523,6 +523,48 @@ def test_local_model_override_is_merged(tmp_path: Path) -> None:
     assert f.points == 2.0 and f.cap == 30  # the rest of the feature is the shipped one
 
 
+def test_model_cache_serves_unchanged_files_only(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parsed model files are cached under their stat; a change, or a file too fresh to
+    trust its times, is read again; a damaged cache is ignored."""
+    import os
+    import time
+
+    from logly.tracer import reputation_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "logly" / "reputation-model.json"
+    local = tmp_path / "rules" / "reputation.toml"
+    local.parent.mkdir()
+
+    def write(text: str, age: float) -> None:
+        local.write_text(text)
+        t = time.time() - age
+        os.utime(local, (t, t))
+
+    write("[feature.failed]\npoints = 2.0\n", age=0)  # ctime is now: not cached
+    assert Model.load([local.parent]).features[0].points == 2.0
+    assert not cache.exists()
+    time.sleep(2.1)
+    assert Model.load([local.parent]).features[0].points == 2.0
+    assert cache.is_file()
+    real = reputation_model.read_toml
+    monkeypatch.setattr(reputation_model, "read_toml", lambda p: pytest.fail(f"read {p}"))
+    assert Model.load([local.parent]).features[0].points == 2.0  # from the cache
+    monkeypatch.setattr(reputation_model, "read_toml", real)
+    assert Model.load().features[0].points != 2.0  # other files, another key
+    write("[feature.failed]\npoints = 3.0\n", age=100)  # same size, old mtime: ctime moved
+    assert Model.load([local.parent]).features[0].points == 3.0
+    cache.write_text("{not json")
+    assert Model.load([local.parent]).features[0].points == 3.0
+    # the cache holds data, not a verdict: a bad file is refused on every load
+    write("[verdicts]\nsuspicious = 90\n", age=100)
+    time.sleep(2.1)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="suspicious <= malicious"):
+            Model.load([local.parent])
+
+
 @pytest.mark.parametrize("text, message", [
     ("[feature.failed]\ncount = \"nope\"\n", "count 'nope' is neither"),
     ("[feature.failed]\npoints = \"lots\"\n", "points: must be a number"),
@@ -659,3 +701,41 @@ def test_logly_ip_in_a_new_process_loads_no_typer_rich_or_sqlalchemy(world: dict
     p = subprocess.run([sys.executable, "-c", child, "ip", "--help"], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0 and "--recompute" in p.stdout and "typer" in p.stderr
+
+
+# what `logly ip` must not load to answer in 50 ms: ~7 ms of dataclasses (inspect, ast...),
+# typing, pathlib, and tomllib when the model cache holds the parsed reputation.toml
+LEAN = ("dataclasses", "inspect", "typing", "pathlib", "tomllib")
+
+
+def test_logly_ip_in_a_new_process_loads_no_dataclasses_typing_or_tomllib(
+        world: dict, cli: Callable, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    if os.path.exists("/etc/logly/logly.toml"):
+        pytest.skip("this machine has a config file: the default path reads it")
+    child = ("import sys\nfrom logly.cli_entry import main\ncode = main(sys.argv[1:])\n"
+             f"lean = sorted({{m.split('.')[0] for m in sys.modules}} & set({LEAN!r}))\n"
+             "sys.stderr.write('loaded: ' + ' '.join(lean))\nsys.exit(code)")
+    env = {k: v for k, v in os.environ.items() if k not in ("LOGLY_CONFIG", "LOGLY_DB")}
+    env.update(COLUMNS="200", XDG_CACHE_HOME=str(tmp_path / "cache"))
+
+    def child_run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", child, *argv, "--db", str(world["db"])],
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    first = child_run("ip", BRUTE)  # parses reputation.toml and fills the cache
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "cache" / "logly" / "reputation-model.json").is_file()
+    for argv in (["ip", BRUTE], ["ip", ROTATING, "--json"], ["ip", "198.51.100.0/24"],
+                 ["ip", "198.51.100.250"], ["ip", "300.1.2.3"], ["ips", "--top", "5"]):
+        p = child_run(*argv)
+        assert p.stderr.endswith("loaded: "), (argv, p.stderr)
+        assert p.returncode == {"198.51.100.250": 1, "300.1.2.3": 2}.get(argv[1], 0), argv
+    assert child_run("ip", BRUTE).stdout == first.stdout
+    # a config file is read with tomllib, still without dataclasses or pathlib
+    p = child_run("ip", BRUTE, "--config", str(world["cfg"]))
+    assert p.returncode == 0
+    assert "dataclasses" not in p.stderr and "pathlib" not in p.stderr, p.stderr

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 
-from logly.configread import path_text, read_toml
+from logly.configread import path_text, read_toml, shipped_rules_path
 from logly.errors import ConfigError
 
 # `logly ip` loads this in a process that must answer in milliseconds: no dataclasses, typing
@@ -121,18 +121,13 @@ class Model:
     @classmethod
     def load(cls, dirs: Iterable[str | Path] | None = None) -> Model:
         """The shipped file, with any `reputation.toml` of later rule dirs merged over it."""
-        from logly.configread import shipped_rules_path
-
         paths = [os.path.join(shipped_rules_path(), MODEL_FILE)]
         shipped = os.path.realpath(paths[0])
         for d in dirs or ():
             p = os.path.join(path_text(d), MODEL_FILE)
             if os.path.realpath(p) != shipped and os.path.isfile(p):
                 paths.append(p)
-        data: dict[str, Any] = {}
-        for p in paths:
-            _merge(data, read_toml(p))
-        return cls.from_dict(data, paths)
+        return cls.from_dict(_read_merged(paths), paths)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], sources: list[str] | None = None) -> Model:
@@ -310,6 +305,77 @@ _TEMPLATE_PROBE: dict[str, Any] = {"n": 1, "users": 1, "per_user": 1.0, "lists":
 
 def _num(n: float) -> int | float:
     return int(n) if float(n).is_integer() else n
+
+
+# ---- the parsed files, cached -------------------------------------------------------------
+# `logly ip` in a new process would spend ~6 ms importing tomllib (and typing) and parsing the
+# model: the merged data is kept as JSON in the user's cache directory, under the files' stat
+# (paths, mtime, ctime, size, inode). It is a cache of the parse only: every load still checks
+# the data (`from_dict`). A file changed in the last seconds is not cached: file times move
+# in clock ticks, so a second edit within one tick could leave every stamp as it was.
+CACHE_FORMAT = 1
+_SETTLED_SECONDS = 2.0
+
+
+def cache_path() -> str | None:
+    """$XDG_CACHE_HOME/logly/reputation-model.json (~/.cache by default), None if unknown."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.path.isabs(base):
+        return None
+    return os.path.join(base, "logly", "reputation-model.json")
+
+
+def _read_merged(paths: list[str]) -> dict[str, Any]:
+    """The files' TOML merged in order, from the cache when their stamps are unchanged."""
+    import json
+
+    stamps: list[list[Any]] | None = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            stamps = None  # read_toml names the problem
+            break
+        stamps.append([p, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev])
+    key = {"format": CACHE_FORMAT, "files": stamps}
+    where = cache_path() if stamps is not None else None
+    if where is not None:
+        try:
+            with open(where, encoding="utf-8") as f:
+                cached = json.loads(f.read())
+            if isinstance(cached, dict) and cached.get("key") == key \
+                    and isinstance(cached.get("data"), dict):
+                return cached["data"]
+        except (OSError, ValueError):
+            pass
+    data: dict[str, Any] = {}
+    for p in paths:
+        _merge(data, read_toml(p))
+    if where is not None and stamps is not None:
+        import time
+
+        settled = (time.time() - _SETTLED_SECONDS) * 1e9
+        if all(s[1] < settled and s[2] < settled for s in stamps):
+            _store(where, {"key": key, "data": data})
+    return data
+
+
+def _store(where: str, entry: dict[str, Any]) -> None:
+    """Write the cache entry atomically; any failure only means no cache."""
+    import json
+
+    tmp = f"{where}.{os.getpid()}.tmp"
+    try:
+        text = json.dumps(entry, ensure_ascii=True)  # TOML dates do not go: then no cache
+        os.makedirs(os.path.dirname(where), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, where)
+    except (OSError, TypeError, ValueError):
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
