@@ -6,6 +6,7 @@
 Workloads, each timed with the tracer's probes off and on:
   exec     fork+exec of /bin/true with a few arguments, one after another (posix_spawn + wait)
   connect  TCP connect/accept/close on 127.0.0.1, one after another
+  send     64-byte round trips over one loopback TCP connection (4 syscalls each)
 The tracer runs in a child process of its own (as the daemon's thread would), so its CPU and
 RSS are its own; the probes' in-kernel cost lands on the workload, which is what the slowdown
 measures. It is started once; between blocks its probes are detached and re-attached, so
@@ -163,6 +164,27 @@ def connect_workload(n: int) -> float:
         a.close()
     elapsed = time.perf_counter() - t0
     srv.close()
+    return elapsed
+
+
+def send_workload(n: int) -> float:
+    """n round trips of 64 bytes over one loopback TCP connection: 4 syscalls each, so what
+    the per-syscall probes (failed syscalls, TCP bytes) cost shows at its largest."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    c = socket.create_connection(srv.getsockname())
+    a, _ = srv.accept()
+    msg = b"x" * 64
+    t0 = time.perf_counter()
+    for _ in range(n):
+        c.send(msg)
+        a.recv(64)
+        a.send(msg)
+        c.recv(64)
+    elapsed = time.perf_counter() - t0
+    for s in (c, a, srv):
+        s.close()
     return elapsed
 
 
@@ -339,6 +361,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--execs", type=int, default=1000)
     ap.add_argument("--connects", type=int, default=6000)
+    ap.add_argument("--sends", type=int, default=20000, help="64-byte round trips per block")
     ap.add_argument("--paced-rate", type=int, default=1000)
     ap.add_argument("--paced-seconds", type=float, default=5.0)
     ap.add_argument("--no-failed-syscalls", action="store_true",
@@ -362,13 +385,14 @@ def main() -> int:
         os.environ["BENCH_NO_FAILED"] = "1"  # read by the tracer child
 
     times: dict[str, dict[str, list[float]]] = {w: {"off": [], "on": []}
-                                                for w in ("exec", "connect")}
+                                                for w in ("exec", "connect", "send")}
     cpus: dict[str, dict[str, list[float]]] = {w: {"off": [], "on": []}
-                                               for w in ("exec", "connect")}
+                                               for w in ("exec", "connect", "send")}
 
     def run(phase: str) -> None:
         for w, fn, n in (("exec", exec_workload, a.execs),
-                         ("connect", connect_workload, a.connects)):
+                         ("connect", connect_workload, a.connects),
+                         ("send", send_workload, a.sends)):
             wall, used = timed(fn, n)
             times[w][phase].append(wall)
             cpus[w][phase].append(used)
@@ -382,6 +406,7 @@ def main() -> int:
     tr.switch(False)
     exec_workload(200)  # warm caches (page cache, dentries) before the first timed round
     connect_workload(1000)
+    send_workload(2000)
     for r in range(a.rounds):
         # alternate the order (off-on, on-off, ...) so drift and ordering effects cancel out
         for phase in (("off", "on") if r % 2 == 0 else ("on", "off")):
@@ -402,14 +427,15 @@ def main() -> int:
             lost_total += lost_round
         print(f"round {r + 1}: exec off {times['exec']['off'][-1]:.3f}s on "
               f"{times['exec']['on'][-1]:.3f}s | connect off {times['connect']['off'][-1]:.3f}s"
-              f" on {times['connect']['on'][-1]:.3f}s | tracer cpu {cpu[-1]:.2f}s "
+              f" on {times['connect']['on'][-1]:.3f}s | send off {times['send']['off'][-1]:.3f}s"
+              f" on {times['send']['on'][-1]:.3f}s | tracer cpu {cpu[-1]:.2f}s "
               f"rss {rss[-1] / 1024:.0f} MB lost {lost_round}")
 
     # this VM's run-to-run noise is large (other sessions share its 2 cores): the median shows
     # the typical cost, the paired ratio cancels drift, the best-of (least disturbed runs) and
     # the CPU time the intrinsic one
     print(f"{a.rounds} rounds, {nprobes} probes attached when on")
-    for w, n in (("exec", a.execs), ("connect", a.connects)):
+    for w, n in (("exec", a.execs), ("connect", a.connects), ("send", a.sends)):
         off, on = statistics.median(times[w]["off"]), statistics.median(times[w]["on"])
         med, paired, best = _ratios(times[w]["off"], times[w]["on"])
         cmed, cpaired, _ = _ratios(cpus[w]["off"], cpus[w]["on"])

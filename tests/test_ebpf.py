@@ -394,3 +394,50 @@ def test_process_in_a_container_cgroup_is_attributed_to_it(
         assert parent and parent[0]["container"] != f"docker:{cid}"
     finally:
         cg.rmdir()
+
+
+def test_connection_bytes_are_counted_per_socket(
+        tracer: EbpfTracer, tmp_path: Path, db_path: Path, store: SQLiteStore,
+        rules: RuleSet) -> None:
+    if not tracer._tcp_bytes:
+        pytest.skip("this kernel has no sock:sock_send_length/sock_recv_length tracepoints")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    client = subprocess.Popen(
+        [sys.executable, "-c",
+         "import socket\n"
+         f"s = socket.create_connection(('127.0.0.1', {port}))\n"
+         "print(s.getsockname()[1], flush=True)\n"
+         "s.sendall(b'x' * 3000)\n"
+         "got = b''\n"
+         "while len(got) < 17:\n"
+         "    got += s.recv(100)\n"
+         "s.close()\n"],
+        stdout=subprocess.PIPE, text=True)
+    conn, (caddr, cport) = srv.accept()
+    assert int(client.stdout.readline()) == cport
+    got = b""
+    while len(got) < 3000:
+        assert conn.recv(4096, socket.MSG_PEEK)  # a peek counts nothing
+        got += conn.recv(4096)
+    conn.sendall(b"y" * 17)
+    assert client.wait() == 0
+    conn.close()
+    srv.close()
+    assert _wait_for(lambda: sum(1 for c in tracer.connections(caddr, cport) if c.closed) >= 2)
+    log = tmp_path / "auth.log"
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    log.write_text(f"{ts} {HOST} sshd: Accepted publickey for alice from {caddr} port {cport} "
+                   "ssh2\n")
+
+    _follow(store, rules, log, tracer)
+
+    ev = _rows(db_path, "SELECT * FROM log_events")
+    nets = _rows(db_path, "SELECT * FROM network_traces WHERE trace_id = ?", (ev[0]["trace_id"],))
+    server = [n for n in nets if (n["local_port"], n["remote_port"]) == (port, cport)]
+    clients = [n for n in nets if (n["local_port"], n["remote_port"]) == (cport, port)]
+    assert len(server) == 1 and len(clients) == 1
+    assert (server[0]["bytes_recv"], server[0]["bytes_sent"]) == (3000, 17)
+    assert (clients[0]["bytes_sent"], clients[0]["bytes_recv"]) == (3000, 17)

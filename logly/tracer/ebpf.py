@@ -64,6 +64,7 @@ class TracerSettings:
     max_processes: int = 65536
     max_connections: int = 65536
     failed_syscalls: bool = True  # count failed syscalls (raw_syscalls:sys_exit, every syscall)
+    tcp_bytes: bool = True  # count bytes per traced socket (sock:sock_{send,recv}_length, 6.3+)
     slow_syscalls: bool = False  # time the syscalls of linked pids: one more probe per syscall
     slow_syscall_ms: float = 10.0
     ringbuf_pages: int = 1024  # 4 MiB: ~8,000 fork+exec+exit with short argv between drains
@@ -129,6 +130,11 @@ def ebpf_unavailable() -> str | None:
     except ImportError as exc:
         return f"BCC's Python module is missing ({exc}; install python3-bpfcc)"
     return None
+
+
+def _has_tracepoint(category: str, event: str) -> bool:
+    return any(Path(root, "events", category, event).is_dir()
+               for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
 
 
 def _import_bcc() -> Any:
@@ -199,7 +205,8 @@ class _ConnT(ct.Structure):
                 ("dport", ct.c_uint16), ("family", ct.c_uint16), ("first_old", ct.c_uint16),
                 ("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16),
                 ("comm", ct.c_char * COMM_LEN), ("states", ct.c_uint8 * MAX_STATES),
-                ("ts", ct.c_uint64 * MAX_STATES)]
+                ("ts", ct.c_uint64 * MAX_STATES), ("bytes_sent", ct.c_uint64),
+                ("bytes_recv", ct.c_uint64)]
 
 
 class _Endpoint(ct.Structure):
@@ -318,7 +325,7 @@ class ConnCache:
     """Closed TCP sockets, indexed by both endpoints, kept keep_seconds after they closed.
     (Live sockets stay in the kernel's maps and are read when asked for.)
 
-    The tracer keeps each as the kernel's record (200 bytes), decoded by `decode` only when a
+    The tracer keeps each as the kernel's record (216 bytes), decoded by `decode` only when a
     lookup finds it: a busy server closes thousands of sockets a second, and few are ever
     asked about. (A Conn may be added as it is.) An endpoint is an int key; most have one
     socket, shared ones (a listening port, a popular service) a deque, oldest first, so
@@ -475,6 +482,7 @@ class EbpfTracer(ProcfsTracer):
         self._argv: dict[int, list[str] | None] = {}  # tid -> argv sent at its execve entry
         self.errors = 0  # events we could not decode or apply
         self._syscall_names: dict[int, str] = {}
+        self._tcp_bytes = False  # set at start: the setting, and the kernel has the tracepoints
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -486,6 +494,10 @@ class EbpfTracer(ProcfsTracer):
                   f"-DMAXARGS={MAXARGS}", f"-DARGLEN={ARGLEN}"]
         if not s.failed_syscalls:
             cflags.append("-DNO_FAILED")
+        self._tcp_bytes = s.tcp_bytes and _has_tracepoint("sock", "sock_send_length") \
+            and _has_tracepoint("sock", "sock_recv_length")
+        if not self._tcp_bytes:
+            cflags.append("-DNO_TCP_BYTES")
         if s.slow_syscalls:
             cflags.append(f"-DSLOW_NS={int(s.slow_syscall_ms * 1e6)}ULL")
         self.bpf = bcc.BPF(text=text.encode(), cflags=cflags)
@@ -656,7 +668,9 @@ class EbpfTracer(ProcfsTracer):
                     local_port=c.sport or None,
                     remote_address=_addr_text(c.family, c.daddr) if c.dport else None,
                     remote_port=c.dport or None, states=states, first=first, last=last,
-                    closed=last if states[-1][1] == "CLOSE" else None)
+                    closed=last if states[-1][1] == "CLOSE" else None,
+                    bytes_sent=c.bytes_sent if self._tcp_bytes else None,
+                    bytes_recv=c.bytes_recv if self._tcp_bytes else None)
 
     def _live_conns(self, addr: str, port: int) -> list[Conn]:
         # raw map lookups: one syscall each, without the per-call Python of bcc's tables

@@ -231,15 +231,17 @@ class Linker:
         key = (trace_id, "c", c.key, c.first)
         states = json.dumps([[iso(t), s] for t, s in c.states])
         if key in self.attached and conn.exec_driver_sql(
-                "UPDATE network_traces SET states = ?, last_seen = ?, pid = ? WHERE id = ?",
-                (states, iso(c.last), c.pid, self.attached[key])).rowcount:
+                "UPDATE network_traces SET states = ?, last_seen = ?, pid = ?, bytes_sent = ?, "
+                "bytes_recv = ? WHERE id = ?",
+                (states, iso(c.last), c.pid, c.bytes_sent, c.bytes_recv,
+                 self.attached[key])).rowcount:
             return
         rid = conn.exec_driver_sql(
             "INSERT INTO network_traces (trace_id, event_id, pid, local_address, local_port, "
             "remote_address, remote_port, states, first_seen, last_seen, bytes_sent, bytes_recv) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (trace_id, event_id, c.pid, c.local_address, c.local_port, c.remote_address,
-             c.remote_port, states, iso(c.first), iso(c.last)),
+             c.remote_port, states, iso(c.first), iso(c.last), c.bytes_sent, c.bytes_recv),
         ).lastrowid
         self.attached.remember(key, rid)
 

@@ -81,6 +81,8 @@ class Conn:
     first: float | None = None
     last: float | None = None
     closed: float | None = None
+    bytes_sent: int | None = None  # payload sent / received through this socket (eBPF only)
+    bytes_recv: int | None = None
 
 
 def norm_addr(addr: str) -> str:

@@ -38,6 +38,8 @@ struct conn_t {
     char comm[COMM_LEN];
     u8 states[MAX_STATES];
     u64 ts[MAX_STATES];
+    u64 bytes_sent;  // payload this socket's owner sent / received (sock:sock_*_length)
+    u64 bytes_recv;
 };
 
 // one spelling per address: a dual-stack socket's IPv4 peer (::ffff:a.b.c.d) is keyed as IPv4
@@ -204,3 +206,31 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     socks.delete(&sk);
     return 0;
 }
+
+#ifndef NO_TCP_BYTES
+// Bytes through each traced socket, from the socket layer's send/receive tracepoints (kernel
+// 6.3+): `ret` is what sendmsg/recvmsg returned. A peek (MSG_PEEK, flags & 2) consumes nothing.
+// One lookup per call, and only for TCP: other sockets return at the first test.
+#define MSG_PEEK_FLAG 2
+TRACEPOINT_PROBE(sock, sock_send_length)
+{
+    if (args->protocol != PROTO_TCP || args->ret <= 0)
+        return 0;
+    u64 sk = (u64)args->sk;
+    struct conn_t *c = socks.lookup(&sk);
+    if (c)
+        __sync_fetch_and_add(&c->bytes_sent, (u64)args->ret);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sock, sock_recv_length)
+{
+    if (args->protocol != PROTO_TCP || args->ret <= 0 || (args->flags & MSG_PEEK_FLAG))
+        return 0;
+    u64 sk = (u64)args->sk;
+    struct conn_t *c = socks.lookup(&sk);
+    if (c)
+        __sync_fetch_and_add(&c->bytes_recv, (u64)args->ret);
+    return 0;
+}
+#endif
