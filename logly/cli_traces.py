@@ -137,13 +137,13 @@ def register(app: typer.Typer) -> None:
         if tr["processes"]:
             from logly.tracer.procfs import exit_text
 
-            pt = _table("pid", "ppid", "uid", "container", "exe", "cmdline", "ended",
+            pt = _table("pid", "ppid", "uid", "container", "exe", "ended", "cmdline",
                         title="Processes")
             for p in tr["processes"]:
                 pt.add_row(_cell(p["pid"]), _cell(p["ppid"]), _cell(p["uid"]),
                            _cell(p["container"]), _cell(p["exe"] or p["comm"]),
-                           _cell(p["cmdline"]),
-                           _cell(exit_text(p["exit_code"]) if p["exit"] else None))
+                           _cell(exit_text(p["exit_code"]) if p["exit"] else None),
+                           _cell(p["cmdline"]))
             out.print(pt)
         if tr["syscalls"]:
             sc = _table("pid", "failed syscalls", "slow", title="Syscalls")
@@ -155,11 +155,14 @@ def register(app: typer.Typer) -> None:
                            _cell(len(x.get("slow") or [])))
             out.print(sc)
         if tr["connections"]:
-            ct = _table("pid", "local", "remote", "states", title="Connections")
+            ct = _table("pid", "local", "remote", "bytes sent / received", "states",
+                        title="Connections")
             for c in tr["connections"]:
+                moved = None if c["bytes_sent"] is None and c["bytes_recv"] is None else \
+                    f"{c['bytes_sent'] or 0:,} / {c['bytes_recv'] or 0:,}"
                 ct.add_row(_cell(c["pid"]), _cell(f"{c['local_address']}:{c['local_port']}"),
                            _cell(f"{c['remote_address']}:{c['remote_port']}"),
-                           _cell(c["states"]))
+                           _cell(moved), _cell(c["states"]))
             out.print(ct)
         if tr["errors"]:
             et = _table("time (UTC)", "type", "category", "severity", "file/code", "hint",

@@ -441,3 +441,11 @@ def test_connection_bytes_are_counted_per_socket(
     assert len(server) == 1 and len(clients) == 1
     assert (server[0]["bytes_recv"], server[0]["bytes_sent"]) == (3000, 17)
     assert (clients[0]["bytes_sent"], clients[0]["bytes_recv"]) == (3000, 17)
+    # and `logly trace` shows them
+    out = subprocess.run([sys.executable, "-m", "logly.cli", "trace", str(ev[0]["id"]), "--db",
+                          str(db_path)], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "250"})
+    assert out.returncode == 0, out.stderr
+    assert "17 / 3,000" in out.stdout and "3,000 / 17" in out.stdout, out.stdout
+    rows = [ln for ln in out.stdout.splitlines() if ln.startswith(f"│ {client.pid} ")]
+    assert rows and "exited 0" in rows[0]  # the client's row of the Processes table
