@@ -163,3 +163,26 @@ def test_norm_addr() -> None:
     assert norm_addr("::ffff:192.0.2.1") == "192.0.2.1"
     assert norm_addr("2001:db8:0:0::1") == "2001:db8::1"
     assert norm_addr("not an ip") == "not an ip"
+
+
+def test_process_cache_is_bounded_by_the_bytes_its_command_lines_hold() -> None:
+    """Long command lines (anyone can start processes with 20 arguments of 255 bytes) evict
+    exited entries before the tracer outgrows its memory budget; live ones stay."""
+    from logly.tracer.ebpf import ENTRY_BYTES, _argv_bytes
+    from logly.tracer.procfs import ProcInfo
+
+    long_argv = ["a" * 255] * 20
+    per = ENTRY_BYTES + _argv_bytes(long_argv)
+    c = ProcessCache(keep_seconds=300, max_entries=100_000, max_bytes=50 * per)
+    c.put(ProcInfo(pid=1, start=0.0, argv=["/sbin/init"]))  # live: stays
+    for pid in range(2, 1002):
+        c.put(ProcInfo(pid=pid, start=float(pid)))
+        c.set_argv(c.get(pid), long_argv)  # as exec gives it
+        c.mark_exit(pid, float(pid) + 0.5, 0)
+        assert c.bytes <= 50 * per
+    assert c.get(1) is not None and c.evicted == 0
+    assert c.get(1001) is not None and c.get(2) is None  # the oldest exited went first
+    assert 40 <= len(c.procs) <= 51
+    # the count stays exact as entries come and go
+    c.prune(now=10_000.0)
+    assert list(c.procs) == [1] and c.bytes == ENTRY_BYTES + _argv_bytes(["/sbin/init"])

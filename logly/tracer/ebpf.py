@@ -62,6 +62,7 @@ class TracerSettings:
     mode: str = "auto"  # auto | ebpf | procfs
     keep_seconds: float = 300.0  # how long exited processes and closed sockets stay known
     max_processes: int = 65536
+    process_cache_mb: int = 40  # and at most this much memory for them (argv is the bulk)
     max_connections: int = 65536
     failed_syscalls: bool = True  # count failed syscalls (raw_syscalls:sys_exit, every syscall)
     tcp_bytes: bool = True  # count bytes per traced socket (sock:sock_{send,recv}_length, 6.3+)
@@ -254,12 +255,18 @@ class ProcessCache:
     """pid -> ProcInfo for live processes and, for keep_seconds, exited ones.
 
     One generation back is kept per pid (`previous`), so a late line from a process whose pid
-    was already reused still finds the right one by time.
+    was already reused still finds the right one by time. Bounded twice: by entries, and by
+    the bytes their argv hold (up to 20 x 255 bytes each, chosen by whoever starts a process),
+    so a burst of long command lines cannot grow the tracer past its budget; exited entries go
+    first, oldest first.
     """
 
-    def __init__(self, keep_seconds: float, max_entries: int) -> None:
+    def __init__(self, keep_seconds: float, max_entries: int,
+                 max_bytes: int = 40 << 20) -> None:
         self.keep = keep_seconds
         self.max = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0  # estimated memory of the entries of procs and previous
         self.procs: dict[int, ProcInfo] = {}
         self.previous: dict[int, ProcInfo] = {}
         self.exited: collections.deque[tuple[float, int]] = collections.deque()
@@ -281,10 +288,22 @@ class ProcessCache:
 
     def put(self, info: ProcInfo) -> None:
         old = self.procs.get(info.pid)
-        if old is not None and old.exit is not None:
-            self.previous[info.pid] = old
+        if old is not None:
+            if old.exit is not None:
+                self._forget(self.previous.get(info.pid))
+                self.previous[info.pid] = old
+            else:
+                self._forget(old)
         self.procs[info.pid] = info
-        if len(self.procs) > self.max:
+        self.bytes += ENTRY_BYTES + _argv_bytes(info.argv)
+        if len(self.procs) > self.max or self.bytes > self.max_bytes:
+            self._shrink()
+
+    def set_argv(self, info: ProcInfo, argv: list[str] | None) -> None:
+        """Give a cached process its argv (at exec), keeping the byte count right."""
+        self.bytes += _argv_bytes(argv) - _argv_bytes(info.argv)
+        info.argv = argv
+        if self.bytes > self.max_bytes:
             self._shrink()
 
     def mark_exit(self, pid: int, when: float, code: int | None) -> None:
@@ -296,29 +315,44 @@ class ProcessCache:
         self.exited.append((when, pid))
 
     def drop(self, pid: int) -> None:
-        self.procs.pop(pid, None)
+        self._forget(self.procs.pop(pid, None))
 
     def prune(self, now: float) -> None:
         horizon = now - self.keep
         while self.exited and self.exited[0][0] < horizon:
-            _, pid = self.exited.popleft()
-            info = self.procs.get(pid)
-            if info is not None and info.exit is not None and info.exit < horizon:
-                del self.procs[pid]
-            prev = self.previous.get(pid)
-            if prev is not None and prev.exit is not None and prev.exit < horizon:
-                del self.previous[pid]
+            self._expire(self.exited.popleft()[1], horizon)
+
+    def _expire(self, pid: int, horizon: float) -> None:
+        """Drop pid's entries that exited before `horizon` (a reused pid's live one stays)."""
+        info = self.procs.get(pid)
+        if info is not None and info.exit is not None and info.exit < horizon:
+            del self.procs[pid]
+            self._forget(info)
+        prev = self.previous.get(pid)
+        if prev is not None and prev.exit is not None and prev.exit < horizon:
+            del self.previous[pid]
+            self._forget(prev)
+
+    def _forget(self, info: ProcInfo | None) -> None:
+        if info is not None:
+            self.bytes -= ENTRY_BYTES + _argv_bytes(info.argv)
 
     def _shrink(self) -> None:
         # exited first (oldest first), then the oldest inserted live entries
-        while self.exited and len(self.procs) > self.max:
-            _, pid = self.exited.popleft()
-            info = self.procs.get(pid)
-            if info is not None and info.exit is not None:
-                del self.procs[pid]
-        while len(self.procs) > self.max:
-            del self.procs[next(iter(self.procs))]
+        while self.exited and (len(self.procs) > self.max or self.bytes > self.max_bytes):
+            self._expire(self.exited.popleft()[1], float("inf"))
+        while self.procs and (len(self.procs) > self.max or self.bytes > self.max_bytes):
+            pid = next(iter(self.procs))
+            self._forget(self.procs.pop(pid))
             self.evicted += 1
+
+
+ENTRY_BYTES = 400  # a ProcInfo with its small strings and floats, and its dict slot
+
+
+def _argv_bytes(argv: list[str] | None) -> int:
+    # a str costs ~49 bytes beyond its text, a list slot 8: close enough to bound memory
+    return 0 if not argv else sum(len(a) + 57 for a in argv)
 
 
 class ConnCache:
@@ -459,7 +493,7 @@ class EbpfTracer(ProcfsTracer):
     def __init__(self, settings: TracerSettings | None = None) -> None:
         super().__init__(None)
         self.settings = s = settings or TracerSettings()
-        self.cache = ProcessCache(s.keep_seconds, s.max_processes)
+        self.cache = ProcessCache(s.keep_seconds, s.max_processes, s.process_cache_mb << 20)
         self.conns = ConnCache(s.keep_seconds, s.max_connections,
                                lambda raw: self._conn(_ConnT.from_buffer_copy(raw)))
         self.bpf: Any = None
@@ -621,7 +655,7 @@ class EbpfTracer(ProcfsTracer):
         info.uid = e.uid
         info.comm = _text(e.comm)
         info.exe = _text(e.filename) or None
-        info.argv = self._argv.pop(e.old_pid, None)
+        self.cache.set_argv(info, self._argv.pop(e.old_pid, None))
         info.source = "ebpf"
         info.container = self._container(e.pid, e.cgroup, info.container)
         if e.old_pid != e.pid:  # a thread called exec: it became the leader
