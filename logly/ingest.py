@@ -1,7 +1,8 @@
 """One-shot ingestion: input → parser → batched store writes with the checkpoint.
 
 Parsing and writing run in two processes when the input is large (the parser's regexes and
-SQLite's index updates each fill a core; threads would share one through the GIL). Batches are
+SQLite's index updates each fill a core; threads would share one through the GIL); with more
+CPUs a large plain file is cut into blocks for several parser processes (BLOCK_BYTES). Batches are
 bounded by lines and by time; each batch's events and the input's new offset are committed in
 one transaction, so an interrupted ingest resumes where it stopped and a repeated ingest of the
 same input stores nothing twice.
