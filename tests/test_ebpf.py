@@ -140,22 +140,30 @@ def test_forked_child_without_exec_inherits_exe_and_argv(
     assert child["cmdline"] == par["cmdline"] == f"{sys.executable} -c {code[:255]}… --listen"
 
 
-def test_connection_by_client_address_gets_pid_and_states(
-        tracer: EbpfTracer, tmp_path: Path, db_path: Path, store: SQLiteStore,
-        rules: RuleSet) -> None:
+def _loopback_client(then: str) -> tuple[socket.socket, int, subprocess.Popen, socket.socket,
+                                         str, int]:
+    """A listener here and a client process connected to it, which then runs `then` (Python,
+    its socket is `s`): (listener, its port, client process, accepted socket, client address,
+    client port)."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen()
     port = srv.getsockname()[1]
     client = subprocess.Popen(
         [sys.executable, "-c",
-         "import socket, sys\n"
+         "import socket\n"
          f"s = socket.create_connection(('127.0.0.1', {port}))\n"
-         "print(s.getsockname()[1], flush=True)\n"
-         "s.recv(1)\n"],
+         "print(s.getsockname()[1], flush=True)\n" + then],
         stdout=subprocess.PIPE, text=True)
     conn, (caddr, cport) = srv.accept()
     assert int(client.stdout.readline()) == cport
+    return srv, port, client, conn, caddr, cport
+
+
+def test_connection_by_client_address_gets_pid_and_states(
+        tracer: EbpfTracer, tmp_path: Path, db_path: Path, store: SQLiteStore,
+        rules: RuleSet) -> None:
+    srv, port, client, conn, caddr, cport = _loopback_client("s.recv(1)\n")
     conn.close()  # the server closes first (FIN_WAIT1 by us), the client exits
     assert client.wait() == 0
     srv.close()
@@ -401,23 +409,12 @@ def test_connection_bytes_are_counted_per_socket(
         rules: RuleSet) -> None:
     if not tracer._tcp_bytes:
         pytest.skip("this kernel has no sock:sock_send_length/sock_recv_length tracepoints")
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    port = srv.getsockname()[1]
-    client = subprocess.Popen(
-        [sys.executable, "-c",
-         "import socket\n"
-         f"s = socket.create_connection(('127.0.0.1', {port}))\n"
-         "print(s.getsockname()[1], flush=True)\n"
-         "s.sendall(b'x' * 3000)\n"
-         "got = b''\n"
-         "while len(got) < 17:\n"
-         "    got += s.recv(100)\n"
-         "s.close()\n"],
-        stdout=subprocess.PIPE, text=True)
-    conn, (caddr, cport) = srv.accept()
-    assert int(client.stdout.readline()) == cport
+    srv, port, client, conn, caddr, cport = _loopback_client(
+        "s.sendall(b'x' * 3000)\n"
+        "got = b''\n"
+        "while len(got) < 17:\n"
+        "    got += s.recv(100)\n"
+        "s.close()\n")
     got = b""
     while len(got) < 3000:
         assert conn.recv(4096, socket.MSG_PEEK)  # a peek counts nothing
