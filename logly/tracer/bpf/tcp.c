@@ -212,25 +212,28 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 // 6.3+): `ret` is what sendmsg/recvmsg returned. A peek (MSG_PEEK, flags & 2) consumes nothing.
 // One lookup per call, and only for TCP: other sockets return at the first test.
 #define MSG_PEEK_FLAG 2
+static __always_inline void count_bytes(u64 sk, int ret, int recv)
+{
+    struct conn_t *c = socks.lookup(&sk);
+    if (!c)
+        return;
+    if (recv)
+        __sync_fetch_and_add(&c->bytes_recv, (u64)ret);
+    else
+        __sync_fetch_and_add(&c->bytes_sent, (u64)ret);
+}
+
 TRACEPOINT_PROBE(sock, sock_send_length)
 {
-    if (args->protocol != PROTO_TCP || args->ret <= 0)
-        return 0;
-    u64 sk = (u64)args->sk;
-    struct conn_t *c = socks.lookup(&sk);
-    if (c)
-        __sync_fetch_and_add(&c->bytes_sent, (u64)args->ret);
+    if (args->protocol == PROTO_TCP && args->ret > 0)
+        count_bytes((u64)args->sk, args->ret, 0);
     return 0;
 }
 
 TRACEPOINT_PROBE(sock, sock_recv_length)
 {
-    if (args->protocol != PROTO_TCP || args->ret <= 0 || (args->flags & MSG_PEEK_FLAG))
-        return 0;
-    u64 sk = (u64)args->sk;
-    struct conn_t *c = socks.lookup(&sk);
-    if (c)
-        __sync_fetch_and_add(&c->bytes_recv, (u64)args->ret);
+    if (args->protocol == PROTO_TCP && args->ret > 0 && !(args->flags & MSG_PEEK_FLAG))
+        count_bytes((u64)args->sk, args->ret, 1);
     return 0;
 }
 #endif
