@@ -278,6 +278,8 @@ EMPTY = {  # the floor: an empty program on each kind of hook the tracer uses
     "empty tracepoint syscalls:sys_enter_execve":
         "TRACEPOINT_PROBE(syscalls, sys_enter_execve) { return 0; }",
     "empty inet_sock_set_state": "TRACEPOINT_PROBE(sock, inet_sock_set_state) { return 0; }",
+    "empty raw tracepoint inet_sock_set_state":
+        "RAW_TRACEPOINT_PROBE(inet_sock_set_state) { return 0; }",
 }
 
 
@@ -291,7 +293,7 @@ def components(rounds: int, execs: int, connects: int, only: str = "") -> None:
 
     bcc = _import_bcc()
     src = {n: (BPF_DIR / f"{n}.c").read_text() for n in ("common", "syscalls", "process", "tcp")}
-    flags = ["-DRINGBUF_PAGES=2048", "-DFAIL_PIDS=16384", "-DMAX_SOCKS=65536",
+    flags = ["-DRINGBUF_PAGES=1024", "-DFAIL_PIDS=16384", "-DMAX_SOCKS=65536",
              "-DMAX_STATES=12", "-DMAXARGS=20", "-DARGLEN=256"]
     variants: dict[str, tuple[str, list[str]]] = {
         "all probes": (src["common"] + src["syscalls"] + src["process"] + src["tcp"], []),
@@ -304,6 +306,7 @@ def components(rounds: int, execs: int, connects: int, only: str = "") -> None:
             "RAW_TRACEPOINT_PROBE(sys_exit) { return slow_exit(ctx); }\n",
             ["-DNO_FAILED", "-DSLOW_NS=10000000ULL"]),
         "tcp probe": (src["common"] + src["tcp"], []),
+        "tcp probe without byte counts": (src["common"] + src["tcp"], ["-DNO_TCP_BYTES"]),
         **{k: (v, []) for k, v in EMPTY.items()},
     }
     if only:  # a comma-separated list of substrings of the variants' names
