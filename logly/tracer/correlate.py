@@ -34,6 +34,7 @@ MAX_EVENT_IDS = 500  # event ids kept in a trace's causality; event_count keeps 
 BACKWARDS_SLACK = 60  # seconds a log may step back (two files interleaved) and still be one run
 _REPEAT = re.compile(r'"repeat": (\d{1,6})')
 _UID_TO_0 = re.compile(r"\bUID from '\d{1,10}' to '0'")
+_dumps = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(x, ensure_ascii=False)
 
 
 def _epoch_of(ts: str, cache: dict[str, int]) -> int:
@@ -71,13 +72,17 @@ class Trace:
     shapes: list[tuple[str, str]] = field(default_factory=list)  # reached since the last flush
     title_pattern: Pattern | None = None
     title_values: dict[str, Any] = field(default_factory=dict)
-    max_event: int = -1  # the largest id in `events`, or -1 until known (then: max(events))
+    event_set: set[int] | None = None  # `events` as a set, made when first asked
+    step_names: set[str] | None = None  # the patterns of `steps`, made when first asked
+    events_text: str = ""  # `events` as JSON list items, up to `events_done` of them
+    events_done: int = 0
 
     def has_event(self, eid: int) -> bool:
-        """`eid in events` without the list scan in the common case: ids join in order."""
-        if self.max_event < 0:
-            self.max_event = max(self.events, default=0)
-        return eid <= self.max_event and eid in self.events
+        """`eid in events` without the list scan (a trace keeps up to 500 ids)."""
+        s = self.event_set
+        if s is None:
+            s = self.event_set = set(self.events)
+        return eid in s
 
     def render_title(self) -> None:
         if self.title_pattern is not None:
@@ -85,9 +90,19 @@ class Trace:
                                                     **self.title_values})
 
     def causality(self) -> str:
-        more = max(0, self.event_count - len(self.events))
-        return json.dumps({"key": self.key, "steps": self.steps, "events": self.events,
-                           "more_events": more}, ensure_ascii=False)
+        """json.dumps({"key", "steps", "events", "more_events"}, ensure_ascii=False), with
+        the event ids' text kept between flushes (ids only ever join at the end)."""
+        events = self.events
+        n = len(events)
+        if n != self.events_done:
+            if n < self.events_done:  # not expected: start over
+                self.events_text, self.events_done = "", 0
+            tail = ", ".join(map(str, events[self.events_done:]))
+            self.events_text = f"{self.events_text}, {tail}" if self.events_text else tail
+            self.events_done = n
+        more = max(0, self.event_count - n)
+        return (f'{{"key": {_dumps(self.key)}, "steps": {_dumps(self.steps)}, '
+                f'"events": [{self.events_text}], "more_events": {more}}}')
 
     @property
     def first_t(self) -> int:
@@ -98,7 +113,10 @@ class Trace:
             return self.last_t
 
     def has_step(self, pattern: str) -> bool:
-        return any(s["pattern"] == pattern for s in self.steps)
+        names = self.step_names
+        if names is None:
+            names = self.step_names = {s["pattern"] for s in self.steps}
+        return pattern in names
 
 
 class _Addr:
@@ -770,6 +788,8 @@ class Correlator:
                                    "count": tr.event_count + 1, **values})
             tr.steps.append({"pattern": p.name, "event_id": ev.id, "at": ev.ts,
                              "severity": sev, "title": step_title})
+            if tr.step_names is not None:
+                tr.step_names.add(p.name)
             # every shape a trace reaches counts once, however the batches fell
             worst = sev if SEVERITY_RANK[sev] >= SEVERITY_RANK[tr.severity] else tr.severity
             tr.shapes.append((f"{tr.group}:" + ">".join(s["pattern"] for s in tr.steps), worst))
@@ -794,8 +814,8 @@ class Correlator:
         self._added = eid
         if len(tr.events) < MAX_EVENT_IDS:
             tr.events.append(eid)
-            if eid > tr.max_event >= 0:
-                tr.max_event = eid
+            if tr.event_set is not None:
+                tr.event_set.add(eid)
         if ev is not None:
             if ev.t >= tr.last_t:
                 tr.last_t, tr.last_seen = ev.t, ev.ts
