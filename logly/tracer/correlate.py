@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import sub
 from typing import Any
 
 from logly.errors import ConfigError
@@ -156,6 +157,7 @@ class Correlator:
         self._next_id: int | None = None
         self._replay = False
         self._cache: dict[str, int] = {}
+        self._epochs: dict[str, int] = {}
         self._reset()
         fail = frozenset(rules.failure_actions)
         self._fail_actions = fail
@@ -195,6 +197,8 @@ class Correlator:
         for name, g in rules.traces.items():
             for a in g.link_actions:
                 self._link_groups.setdefault(a, []).append((name, g))
+        self._link_keys = {a: [(name, g.key, g.gap_seconds) for name, g in gs]
+                           for a, gs in self._link_groups.items()}
         self._prepare()
 
     def _on(self, action: str, handler: Any) -> None:
@@ -228,20 +232,27 @@ class Correlator:
         self._next_id = first_id + len(rows)
         dispatch = self._dispatch
         cache = self._cache
+        epochs = self._epochs  # timestamp -> _epoch_of(timestamp): lines share their second
+        if len(epochs) > 100_000:
+            epochs.clear()
         if rows:  # idle traces close against this batch's (log) time
             self._batch_max_t = max(_epoch_of(rows[0][0], cache), _epoch_of(rows[-1][0], cache))
-        for i, row in enumerate(rows):
+        link_open = self._link_open
+        for i, row in enumerate(rows, first_id):
             action = row[7]
             handlers = dispatch.get(action)
             if handlers is None or not (handlers or action in self._linking):
                 continue  # most rows stop here: no pattern and no open trace wants them
-            ev = Ev(first_id + i, row[0], _epoch_of(row[0], cache), row[2], row[3], action,
-                    row[9], row[10], row[11], row[12])
+            ts = row[0]
+            t = epochs.get(ts)
+            if t is None:
+                t = epochs[ts] = _epoch_of(ts, cache)
+            ev = Ev(i, ts, t, row[2], row[3], action, row[9], row[10], row[11], row[12])
             self._added = -1
             for h in handlers:
                 h(ev)
-            if self._added != ev.id and action in self._linking:
-                self._link_open(ev)  # no pattern took it: it may still join an open trace
+            if self._added != i and action in self._linking:
+                link_open(ev)  # no pattern took it: it may still join an open trace
         for hit in errors or ():
             row = rows[hit.index]
             # a unit's errors are that service's, not all of systemd's
@@ -261,12 +272,13 @@ class Correlator:
         """An event of an open trace's link actions joins it (first trace that takes it)."""
         if self._replay or ev.action not in self._linking:
             return
-        for name, g in self._link_groups.get(ev.action, ()):
-            key = self._key(g.key, ev)
+        open_ = self.open
+        for name, kind, gap in self._link_keys.get(ev.action, ()):
+            key = ev.ip if kind == "ip" else ev.user if kind == "user" else self._key(kind, ev)
             if key is None:
                 continue
-            tr = self.open.get((name, key))
-            if tr is not None and ev.t - tr.last_t <= g.gap_seconds:
+            tr = open_.get((name, key))
+            if tr is not None and ev.t - tr.last_t <= gap:
                 self._add(tr, ev)
                 return
 
@@ -384,6 +396,9 @@ class Correlator:
             "|".join(re.escape(x) for x in sorted(self._rule_leaky)))).search \
             if self._rule_leaky else None
         self._meta_hits: dict[str, tuple[int, list[tuple[int, int, int, Pattern]] | None]] = {}
+        self._address_gap = r.traces["address"].gap_seconds
+        self._ips = [(p, p.on, p.params["window_seconds"], p.params["min_ips"])
+                     for p in r.kind("distinct-ips")]
         self._spaced = [(p.params["min_failures"], p.params["window_seconds"],
                          p.params["min_median_gap"], p) for p in r.kind("spaced")]
         self._spaced_min = min([x[0] for x in self._spaced] or [1 << 30])
@@ -456,7 +471,7 @@ class Correlator:
             for n, window, min_gap, p in self._spaced:
                 if len(fails) >= n and t - fails[-n] <= window:
                     last = fails[-n:]
-                    gaps = sorted(y - x for x, y in zip(last, last[1:], strict=False))
+                    gaps = sorted(map(sub, last[1:], last))  # the gaps between them
                     if gaps[len(gaps) // 2] > min_gap:
                         fired.append((p, {}))  # {count}: the trace's events
         user = ev.user
@@ -551,47 +566,62 @@ class Correlator:
     def _fire_address(self, ev: Ev, a: _Addr, fired: list[tuple[Pattern, dict]]) -> bool:
         if not fired:
             return False
-        g = self.rules.traces["address"]
-        tr = self._trace("address", ev.ip or "", ev, g.gap_seconds, ip=ev.ip)
+        gap = self._address_gap
+        tr = self.open.get(("address", ev.ip or ""))
+        if tr is None or ev.t - tr.last_t > gap or self._replay:
+            tr = self._trace("address", ev.ip or "", ev, gap, ip=ev.ip)
+        recent = a.recent
         if tr is None:  # replaying: the stored trace already has these events
-            a.recent.clear()
+            recent.clear()
             return True
-        # the attempts that led here join the trace too (they may be in earlier batches)
-        self._join(tr, a.recent, max(ev.t - self.rules.max_window, tr.last_t - g.gap_seconds),
-                   ev)
-        a.recent.clear()
-        self._fire(tr, fired, ev)
+        # the attempts that led here join the trace too (they may be in earlier batches); an
+        # address that fires again mostly has only this event waiting
+        if len(recent) > 1 or (recent and recent[0][1] != ev.id):
+            self._join(tr, recent, max(ev.t - self.rules.max_window, tr.last_t - gap), ev)
+        recent.clear()
+        step = self._step
+        for p, values in fired:
+            step(tr, p, ev, values)
+        self._add(tr, ev)
         return True
 
     # ---- user patterns ---------------------------------------------------------------------------
     def _user_attack(self, ev: Ev) -> bool:
-        if not ev.user or not ev.ip or self._weight(ev) == 0:
+        user, ip = ev.user, ev.ip
+        if not user or not ip:
             return False
-        ips = self.user_ips.setdefault(ev.user, {})
+        meta = ev.meta
+        if meta and (self._meta_hits.get(meta) or self._meta_info(meta))[0] == 0:
+            return False
+        ips = self.user_ips.get(user)
+        if ips is None:
+            ips = self.user_ips[user] = {}
         if len(ips) > 4096:
             ips.clear()
         # kept in last-seen order, so counting the addresses inside a window walks only those
         # (a user like root is tried from hundreds of addresses: a full scan per attempt was
         # most of correlation's cost)
-        new_ip = ips.pop(ev.ip, None) is None
-        ips[ev.ip] = ev.t
-        oldest = ev.t - self._ips_window
-        for ip, t in list(itertools.islice(ips.items(), 8)):  # amortised: a few per event
-            if t >= oldest:
-                break
-            del ips[ip]
-        recent = self.user_recent.get(ev.user)
+        t = ev.t
+        new_ip = ips.pop(ip, None) is None
+        ips[ip] = t
+        oldest = t - self._ips_window
+        if next(iter(ips.values())) < oldest:  # else the loop below would stop at once
+            for old_ip, old_t in list(itertools.islice(ips.items(), 8)):  # a few per event
+                if old_t >= oldest:
+                    break
+                del ips[old_ip]
+        recent = self.user_recent.get(user)
         if recent is None:
-            recent = self.user_recent[ev.user] = deque(maxlen=64)
-        recent.append((ev.t, ev.id, ev.ts))
+            recent = self.user_recent[user] = deque(maxlen=64)
+        recent.append((t, ev.id, ev.ts))
+        if not (new_ip or ("user-attack", user) in self.open):
+            return False  # no pattern below can fire
         fired = []
-        tr = self.open.get(("user-attack", ev.user))
-        for p in self.rules.kind("distinct-ips"):
-            if ev.action not in p.on or not (new_ip or tr is not None):
+        for p, on, window, min_ips in self._ips:
+            if ev.action not in on:
                 continue
-            horizon = ev.t - p.params["window_seconds"]
-            if p.params["window_seconds"] >= self._ips_window and \
-                    next(iter(ips.values())) >= horizon:
+            horizon = t - window
+            if window >= self._ips_window and next(iter(ips.values())) >= horizon:
                 n = len(ips)  # everything left is inside the widest window
             else:
                 n = 0
@@ -599,7 +629,7 @@ class Correlator:
                     if v < horizon:
                         break
                     n += 1
-            if n >= p.params["min_ips"]:
+            if n >= min_ips:
                 fired.append((p, {"ips": n}))
         if fired:
             tr = self._trace("user-attack", ev.user, ev, self._gap("user-attack"), user=ev.user)
@@ -778,31 +808,35 @@ class Correlator:
 
     def _step(self, tr: Trace, p: Pattern, ev: Ev, values: dict[str, Any]) -> None:
         """Pattern p fired on ev for trace tr: a new step, or the same step again (cheap)."""
-        sev = values.pop("severity", None) or p.severity
-        if SEVERITY_RANK[sev] < SEVERITY_RANK[p.severity]:
-            sev = p.severity
+        sev = (values.pop("severity", None) if values else None) or p.severity
         rank = SEVERITY_RANK[sev]
-        if not tr.has_step(p.name):
+        floor = SEVERITY_RANK[p.severity]
+        if rank < floor:
+            sev, rank = p.severity, floor
+        trank = SEVERITY_RANK[tr.severity]  # tr.severity changes only at the end
+        names = tr.step_names
+        if names is None:
+            names = tr.step_names = {s["pattern"] for s in tr.steps}
+        if p.name not in names:
             step_title = p.render({"ip": ev.ip or tr.ip, "user": ev.user or tr.user,
                                    "host": ev.host, "program": ev.program,
                                    "count": tr.event_count + 1, **values})
             tr.steps.append({"pattern": p.name, "event_id": ev.id, "at": ev.ts,
                              "severity": sev, "title": step_title})
-            if tr.step_names is not None:
-                tr.step_names.add(p.name)
+            names.add(p.name)
             # every shape a trace reaches counts once, however the batches fell
-            worst = sev if SEVERITY_RANK[sev] >= SEVERITY_RANK[tr.severity] else tr.severity
+            worst = sev if rank >= trank else tr.severity
             tr.shapes.append((f"{tr.group}:" + ">".join(s["pattern"] for s in tr.steps), worst))
             if ev.user and p.kind in ("success-after-failures", "canary-user", "new-address"):
                 tr.user = ev.user
-        elif tr.title_pattern is not p and rank <= SEVERITY_RANK[tr.severity]:
+        elif tr.title_pattern is not p and rank <= trank:
             return
         # the title follows the worst step (the latest of equals); rendered once per flush
-        if rank >= SEVERITY_RANK[tr.severity] or tr.title_pattern is None:
+        if rank >= trank or tr.title_pattern is None:
             tr.title_pattern = p
             tr.title_values = {"ip": ev.ip or tr.ip, "user": ev.user or tr.user,
                                "host": ev.host, "program": ev.program, **values}
-        if rank > SEVERITY_RANK[tr.severity]:
+        if rank > trank:
             tr.severity = sev
         tr.dirty = True
 
@@ -812,19 +846,22 @@ class Correlator:
             return
         tr.event_count += 1
         self._added = eid
-        if len(tr.events) < MAX_EVENT_IDS:
-            tr.events.append(eid)
+        events = tr.events
+        if len(events) < MAX_EVENT_IDS:
+            events.append(eid)
             if tr.event_set is not None:
                 tr.event_set.add(eid)
         if ev is not None:
-            if ev.t >= tr.last_t:
-                tr.last_t, tr.last_seen = ev.t, ev.ts
-            if ev.ts < tr.first_seen:  # an older file read later
-                tr.first_seen = ev.ts
+            t, ts = ev.t, ev.ts
+            if t >= tr.last_t:
+                tr.last_t, tr.last_seen = t, ts
+            if ts < tr.first_seen:  # an older file read later
+                tr.first_seen = ts
             if tr.host is None:
                 tr.host = ev.host
-        if eid not in self._links:
-            self._links[eid] = tr
+        links = self._links
+        if eid not in links:
+            links[eid] = tr
         tr.dirty = True
 
     def _close(self, tr: Trace) -> None:
