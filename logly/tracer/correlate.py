@@ -77,6 +77,8 @@ class Trace:
     step_names: set[str] | None = None  # the patterns of `steps`, made when first asked
     events_text: str = ""  # `events` as JSON list items, up to `events_done` of them
     events_done: int = 0
+    steps_text: str = "[]"  # `steps` as JSON, of the first `steps_done` (steps only join)
+    steps_done: int = 0
 
     def has_event(self, eid: int) -> bool:
         """`eid in events` without the list scan (a trace keeps up to 500 ids)."""
@@ -101,8 +103,10 @@ class Trace:
             tail = ", ".join(map(str, events[self.events_done:]))
             self.events_text = f"{self.events_text}, {tail}" if self.events_text else tail
             self.events_done = n
+        if len(self.steps) != self.steps_done:
+            self.steps_text, self.steps_done = _dumps(self.steps), len(self.steps)
         more = max(0, self.event_count - n)
-        return (f'{{"key": {_dumps(self.key)}, "steps": {_dumps(self.steps)}, '
+        return (f'{{"key": {_dumps(self.key)}, "steps": {self.steps_text}, '
                 f'"events": [{self.events_text}], "more_events": {more}}}')
 
     @property
@@ -489,9 +493,10 @@ class Correlator:
                     n = sum(1 for v in users.values() if v >= horizon)
                     if n >= min_users:
                         fired.append((p, {"users": n}))
-            for prefixes, p in self._canary:
-                if user.startswith(prefixes):
-                    fired.append((p, {}))
+            if user.startswith(self._canary_prefixes):
+                for prefixes, p in self._canary:
+                    if user.startswith(prefixes):
+                        fired.append((p, {}))
         if a.scan_t >= 0:
             for login_set, window, p in self._stl:
                 if ev.action in login_set and 0 <= t - a.scan_t <= window:
