@@ -237,7 +237,7 @@ class Correlator:
         dispatch = self._dispatch
         cache = self._cache
         epochs = self._epochs  # timestamp -> _epoch_of(timestamp): lines share their second
-        if len(epochs) > 100_000:
+        if len(epochs) > 16_384:
             epochs.clear()
         if rows:  # idle traces close against this batch's (log) time
             self._batch_max_t = max(_epoch_of(rows[0][0], cache), _epoch_of(rows[-1][0], cache))
