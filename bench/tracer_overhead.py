@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python bench/tracer_overhead.py [--rounds 8] [--execs 1000] [--connects 6000]
     sudo .venv/bin/python bench/tracer_overhead.py --components [--rounds 8]
+    sudo .venv/bin/python bench/tracer_overhead.py --prog-time
 
 Workloads, each timed with the tracer's probes off and on:
   exec     fork+exec of /bin/true with a few arguments, one after another (posix_spawn + wait)
@@ -351,6 +352,48 @@ def components(rounds: int, execs: int, connects: int, only: str = "") -> None:
           f"connect {statistics.median(base['connect']):.3f}s")
 
 
+def _prog_stats(fds: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """(run time ns, runs) per BPF program, from its fd's fdinfo (kernel.bpf_stats_enabled)."""
+    out = {}
+    for name, fd in fds.items():
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+            info = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        out[name] = (int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0)))
+    return out
+
+
+def prog_time(execs: int, connects: int, sends: int) -> None:
+    """The probes' own run time, per program and per workload operation, as the kernel counts
+    it (kernel.bpf_stats_enabled, on only for this mode: it adds ~20 ns per run itself). The
+    tracer runs in this process here: only the programs' time is read, not the slowdown."""
+    sys.path.insert(0, str(REPO))
+    from logly.tracer.ebpf import EbpfTracer, TracerSettings
+
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = knob.read_text().strip()
+    knob.write_text("1")
+    t = EbpfTracer(TracerSettings())
+    try:
+        t.start()
+        assert t.bpf is not None
+        fds = {name.decode(): fn.fd for name, fn in t.bpf.funcs.items()}
+        for w, fn, n in (("exec", exec_workload, execs), ("connect", connect_workload, connects),
+                         ("send", send_workload, sends)):
+            s0 = _prog_stats(fds)
+            fn(n)
+            s1 = _prog_stats(fds)
+            total = 0
+            for name in fds:
+                ns, runs = s1[name][0] - s0[name][0], s1[name][1] - s0[name][1]
+                total += ns
+                if runs:
+                    print(f"{w:8s} {name:45s} {runs / n:7.1f} runs/op {ns / runs:6.0f} ns/run")
+            print(f"{w:8s} all probes: {total / n / 1000:.2f} µs of program time per operation")
+    finally:
+        t.stop()
+        knob.write_text(before)
+
+
 def _ratios(off: list[float], on: list[float]) -> tuple[float, float, float]:
     """(ratio of medians, median of paired ratios, best-of ratio), as slowdowns in %."""
     return (100 * (statistics.median(on) / statistics.median(off) - 1),
@@ -372,6 +415,9 @@ def main() -> int:
                     "failed_syscalls = false), to see what that probe costs")
     ap.add_argument("--components", action="store_true",
                     help="only the A/B of each probe set (and empty programs) by workload CPU")
+    ap.add_argument("--prog-time", action="store_true",
+                    help="only the probes' own run time per program and per operation "
+                    "(kernel.bpf_stats_enabled)")
     ap.add_argument("--only", default="", help="with --components: the variants whose names "
                     "contain one of these comma-separated words")
     a = ap.parse_args()
@@ -381,6 +427,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (eBPF)", file=sys.stderr)
         return 2
+    if a.prog_time:
+        prog_time(a.execs, a.connects, a.sends)
+        return 0
     if a.components:
         components(a.rounds, a.execs // 5, a.connects // 3, a.only)
         return 0
