@@ -415,8 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     from logly.cli_ip import run as run_fast  # `logly ip`/`ips` answer without typer
 
     code = run_fast(sys.argv[1:] if argv is None else argv)
-    if code is not None:
-        return code
+    return typer_main(argv) if code is None else code
+
+
+def typer_main(argv: list[str] | None = None) -> int:
+    """The typer app, with Logly's errors and exit codes (for what `cli_ip.run` leaves)."""
     err = Console(stderr=True, highlight=False)
     try:
         app(args=argv, prog_name="logly")

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
 
     code = run(args)
     if code is None:
-        from logly.cli import main as typer_main
+        from logly.cli import typer_main
 
         code = typer_main(args)
     return code

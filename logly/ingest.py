@@ -150,15 +150,17 @@ def parse_batches(
     batch_seconds: float = BATCH_SECONDS,
     end: int | None = None,
     warmup: int | None = None,
-    parser: LineParser | None = None,
+    match_cache: dict | None = None,
 ) -> Iterator[Batch]:
     """Parse `inp` from byte `start` into store-ready batches (rows in EVENT_INSERT_COLUMNS).
 
     `end` stops at that line start; `warmup`, an earlier line start, is read first into the
-    parser's connection memory, with nothing from it stored or counted.
+    parser's connection memory, with nothing from it stored or counted. `match_cache` lets
+    the parsers of one process's blocks share their rule-match results.
     """
-    line_parser = parser or LineParser(rules, HeaderParser(tz=tz, reference=inp.mtime,
-                                                           year=year))
+    line_parser = LineParser(rules, HeaderParser(tz=tz, reference=inp.mtime, year=year))
+    if match_cache is not None:
+        line_parser.share_match_cache(match_cache)
     parse = line_parser.parse
     if warmup is not None and warmup < start:
         before = (inp.stats.invalid_utf8, inp.stats.truncated)
@@ -227,38 +229,9 @@ def _decode_batch(data: bytes) -> Batch:
             gc.enable()
 
 
-def _parse_worker(queue: Any, args: tuple, kwargs: dict[str, Any]) -> None:
-    gc.disable()  # the hot path makes no reference cycles; the collector only costs time
-    try:
-        for batch in parse_batches(*args, **kwargs):
-            queue.put(_encode_batch(batch))
-        queue.put(None)
-    except BaseException:  # report, never hang the writer
-        queue.put(("error", traceback.format_exc()))
-
-
-def _batches_in_child(args: tuple, kwargs: dict[str, Any]) -> Iterator[Batch]:
-    ctx = mp.get_context("fork")  # the child inherits the open input and the loaded rules
-    queue = ctx.Queue(QUEUE_BATCHES)
-    proc = ctx.Process(target=_parse_worker, args=(queue, args, kwargs), daemon=True)
-    proc.start()
-    try:
-        while True:
-            item = queue.get()
-            if item is None:
-                break
-            if isinstance(item, tuple):
-                raise LoglyError(f"parser process failed:\n{item[1]}")
-            yield _decode_batch(item)
-    finally:
-        if proc.is_alive():
-            proc.terminate()
-        proc.join()
-
-
 def parse_workers() -> int:
     """Parser processes for a large plain file: one per CPU this process may use beside the
-    writer's, up to 4. (On 2 CPUs a second parser gained 5% of wall time for 60 MB: the
+    writer's, up to 4. (On 2 CPUs a second parser gained 0-4% of wall time for 60 MB: the
     writer, not the parser, is then the slower one.)"""
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -280,14 +253,15 @@ def block_bounds(inp: Input, start: int, block: int = BLOCK_BYTES) -> list[int]:
     return bounds
 
 
-def _block_worker(queue: Any, first: int, step: int, bounds: list[int], args: tuple,
+def _parse_worker(queue: Any, first: int, step: int, bounds: list[int], args: tuple,
                   kwargs: dict[str, Any]) -> None:
-    """Parse blocks first, first + step, ... of `bounds`; b"" after each block."""
-    gc.disable()
+    """Parse blocks first, first + step, ... of `bounds` (one block: the whole input); b""
+    after each block, None at the end."""
+    gc.disable()  # the hot path makes no reference cycles; the collector only costs time
     try:
-        inp, rules = args[0], args[1]
-        # a forked child shares the parent's file position: read through a descriptor of its own
-        inp.stream = open(f"/proc/self/fd/{inp.stream.fileno()}", "rb")  # noqa: SIM115
+        inp, rules, file_id = args[0], args[1], args[2]
+        if step > 1:  # forked children share the file position: each reads through its own
+            inp.stream = open(f"/proc/self/fd/{inp.stream.fileno()}", "rb")  # noqa: SIM115
         cache: dict = {}
         for j in range(first, len(bounds), step):
             begin = bounds[j]
@@ -295,11 +269,8 @@ def _block_worker(queue: Any, first: int, step: int, bounds: list[int], args: tu
             warm = None
             if j:
                 warm = line_start_at_or_after(inp, max(bounds[0], begin - WARMUP_BYTES))
-            parser = LineParser(rules, HeaderParser(tz=kwargs.get("tz"), reference=inp.mtime,
-                                                    year=kwargs.get("year")))
-            parser.share_match_cache(cache)
-            for batch in parse_batches(inp, rules, args[2], begin, end=end, warmup=warm,
-                                       parser=parser, **kwargs):
+            for batch in parse_batches(inp, rules, file_id, begin, end=end, warmup=warm,
+                                       match_cache=cache, **kwargs):
                 queue.put(_encode_batch(batch))
             queue.put(b"")
         queue.put(None)
@@ -307,11 +278,13 @@ def _block_worker(queue: Any, first: int, step: int, bounds: list[int], args: tu
         queue.put(("error", traceback.format_exc()))
 
 
-def _batches_in_blocks(args: tuple, kwargs: dict[str, Any], bounds: list[int],
-                       workers: int) -> Iterator[Batch]:
-    ctx = mp.get_context("fork")
+def _batches_in_children(args: tuple, kwargs: dict[str, Any], bounds: list[int],
+                         workers: int) -> Iterator[Batch]:
+    """Batches parsed by `workers` forked processes, block j by process j % workers, yielded
+    in file order."""
+    ctx = mp.get_context("fork")  # the children inherit the open input and the loaded rules
     queues = [ctx.Queue(QUEUE_BATCHES) for _ in range(workers)]
-    procs = [ctx.Process(target=_block_worker, args=(q, w, workers, bounds, args, kwargs),
+    procs = [ctx.Process(target=_parse_worker, args=(q, w, workers, bounds, args, kwargs),
                          daemon=True) for w, q in enumerate(queues)]
     for p in procs:
         p.start()
@@ -365,10 +338,8 @@ def ingest_input(
         parallel = inp.kind != "file" or (inp.size or 0) - committed >= PARALLEL_MIN_BYTES
     workers = (jobs or parse_workers()) if parallel and inp.kind == "file" else 1
     bounds = block_bounds(inp, committed, block_bytes) if workers > 1 else [committed]
-    if len(bounds) > 1:
-        batches = _batches_in_blocks(args, kwargs, bounds, min(workers, len(bounds)))
-    elif parallel:
-        batches = _batches_in_child(args, kwargs)
+    if parallel:
+        batches = _batches_in_children(args, kwargs, bounds, min(workers, len(bounds)))
     else:
         batches = parse_batches(*args, **kwargs)
     expected_rows = ((inp.size or 0) - committed) // 100

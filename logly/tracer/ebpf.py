@@ -116,12 +116,14 @@ def open_tracer(settings: TracerSettings | None = None) -> EbpfTracer | ProcfsTr
     return ProcfsTracer(reason)
 
 
+TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
 def ebpf_unavailable() -> str | None:
     """Why eBPF cannot run here, or None. Checks what scripts/ebpf-setup.sh provides."""
     if os.geteuid() != 0:
         return "not running as root"
-    if not (Path("/sys/kernel/tracing/events").is_dir()
-            or Path("/sys/kernel/debug/tracing/events").is_dir()):
+    if not any(Path(root, "events").is_dir() for root in TRACEFS):
         return "tracefs is not mounted at /sys/kernel/tracing"
     build = Path("/lib/modules") / os.uname().release / "build"
     if not build.exists():
@@ -134,8 +136,7 @@ def ebpf_unavailable() -> str | None:
 
 
 def _has_tracepoint(category: str, event: str) -> bool:
-    return any(Path(root, "events", category, event).is_dir()
-               for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
+    return any(Path(root, "events", category, event).is_dir() for root in TRACEFS)
 
 
 def _import_bcc() -> Any:

@@ -84,13 +84,18 @@ static __always_inline void endpoint_key(struct endpoint_t *ep, u8 *addr, u16 po
 // The other endpoint (a listening port, a popular service) is shared by every socket towards
 // it: one slot could only ever name the latest of them. (Closed sockets are indexed by both
 // endpoints in userspace.) A loopback connection's two sockets share the one key.
+static __always_inline void own_endpoint(struct endpoint_t *ep, struct conn_t *c, int remote)
+{
+    if (remote)
+        endpoint_key(ep, c->daddr, c->dport, c->family);
+    else
+        endpoint_key(ep, c->saddr, c->sport, c->family);
+}
+
 static __always_inline void index_endpoint(struct conn_t *c, int remote, u64 sk)
 {
     struct endpoint_t ep = {};
-    if (remote)
-        endpoint_key(&ep, c->daddr, c->dport, c->family);
-    else
-        endpoint_key(&ep, c->saddr, c->sport, c->family);
+    own_endpoint(&ep, c, remote);
     struct ep_socks_t *v = endpoints.lookup(&ep);
     if (v) {
         if (remote)
@@ -110,10 +115,7 @@ static __always_inline void index_endpoint(struct conn_t *c, int remote, u64 sk)
 static __always_inline void unindex_endpoint(struct conn_t *c, int remote, u64 sk)
 {
     struct endpoint_t ep = {};
-    if (remote)
-        endpoint_key(&ep, c->daddr, c->dport, c->family);
-    else
-        endpoint_key(&ep, c->saddr, c->sport, c->family);
+    own_endpoint(&ep, c, remote);
     struct ep_socks_t *v = endpoints.lookup(&ep);
     if (!v)
         return;
