@@ -24,6 +24,7 @@ from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-
 from typing import Any
 
 from logly.errors import LoglyError
+from logly.events import LogEvent
 from logly.parsers.header import HeaderParser
 from logly.parsers.line import LineParser
 from logly.parsers.rules import RuleSet
@@ -113,14 +114,16 @@ def _json_dumps() -> Callable[[Any], str]:
 
 
 class MetadataEncoder:
-    """JSON text of an event's metadata; most events repeat a few shapes, so cache those."""
+    """Events as log_events rows; the metadata's JSON text is cached, since most events repeat
+    a few shapes. Every source (files, the follower, the journal) builds its rows here."""
 
     def __init__(self, size: int = 4096) -> None:
         self._cache: dict[tuple, str] = {}
         self._size = size
         self._dumps = _json_dumps()
 
-    def __call__(self, meta: dict[str, Any]) -> str | None:
+    def text(self, meta: dict[str, Any]) -> str | None:
+        """The metadata column: JSON text, or None for no metadata."""
         if not meta:
             return None
         if "duplicate_of" in meta:  # holds a dict (unhashable) and an offset: never repeats
@@ -136,6 +139,12 @@ class MetadataEncoder:
                 self._cache.clear()
             self._cache[key] = hit
         return hit
+
+    def row(self, ev: LogEvent, file_id: int, offset: int | None) -> tuple:
+        """`ev` in EVENT_INSERT_COLUMNS order."""
+        return (ev.timestamp, ev.source, ev.host, ev.program, ev.pid, ev.level, ev.service,
+                ev.action, ev.message, ev.ip_address, ev.user, ev.port, self.text(ev.metadata),
+                file_id, offset)
 
 
 def parse_batches(
@@ -167,7 +176,7 @@ def parse_batches(
         for offset, _nxt, text in read_lines(inp, warmup, start):
             parse(text, inp.path, offset)
         inp.stats.invalid_utf8, inp.stats.truncated = before
-    encode = MetadataEncoder().__call__  # bound: skips the instance-call slot per line
+    row = MetadataEncoder().row
     path = inp.path
     stats = inp.stats
     rows: list[tuple] = []
@@ -184,11 +193,7 @@ def parse_batches(
         if ev is not None:
             if out.rule is not None:
                 matched += 1
-            add((
-                ev.timestamp, ev.source, ev.host, ev.program, ev.pid, ev.level, ev.service,
-                ev.action, ev.message, ev.ip_address, ev.user, ev.port, encode(ev.metadata),
-                file_id, offset,
-            ))
+            add(row(ev, file_id, offset))
         else:
             reason = out.reason or "unparsed"
             reasons[reason] = reasons.get(reason, 0) + 1

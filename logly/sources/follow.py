@@ -316,7 +316,7 @@ class Follower:
         pend = f.pending
         pos = f.offset
         file_id = f.file_id
-        encode = self.encode
+        row = self.encode.row
         lines = data[: end + 1].split(b"\n")
         lines.pop()
         if len(lines) > room:
@@ -328,11 +328,7 @@ class Follower:
             out = parse(text, f.path, pos)
             ev = out.event
             if ev is not None:
-                pend.rows.append((
-                    ev.timestamp, ev.source, ev.host, ev.program, ev.pid, ev.level,
-                    ev.service, ev.action, ev.message, ev.ip_address, ev.user, ev.port,
-                    encode(ev.metadata), file_id, pos,
-                ))
+                pend.rows.append(row(ev, file_id, pos))
             else:
                 pend.unparsed.append((pos, out.reason or "unparsed", text))
             if not pend.lines:

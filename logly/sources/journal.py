@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from logly.ingest import IngestSummary
+from logly.ingest import IngestSummary, MetadataEncoder
 from logly.parsers.journal_entry import entry_outcome, seqnum
 from logly.parsers.line import LineParser, Outcome
 from logly.parsers.rules import RuleSet
@@ -169,6 +169,7 @@ class JournalBatch:
         self.lines = self.total_lines = self.total_unparsed = 0
         self.reasons: dict[str, int] = {}
         self.since = 0.0
+        self.encode = MetadataEncoder()
 
     def add(self, out: Outcome, entry: dict) -> None:
         cursor = entry.get("__CURSOR")
@@ -180,12 +181,7 @@ class JournalBatch:
         self.lines += 1
         ev = out.event
         if ev is not None:
-            self.rows.append((
-                ev.timestamp, ev.source, ev.host, ev.program, ev.pid, ev.level, ev.service,
-                ev.action, ev.message, ev.ip_address, ev.user, ev.port,
-                json.dumps(ev.metadata, ensure_ascii=False) if ev.metadata else None,
-                self.file_id, ev.offset,
-            ))
+            self.rows.append(self.encode.row(ev, self.file_id, ev.offset))
         else:
             reason = out.reason or "unparsed"
             self.reasons[reason] = self.reasons.get(reason, 0) + 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
@@ -48,10 +48,6 @@ LATE_MARK = "aggregates_events_through"  # highest log_events.id the aggregates 
 # The second log line of one sshd+PAM attempt links to the first; counting both would double
 # every password attempt (README, JSON contract).
 NOT_DUPLICATE = "json_extract(metadata, '$.duplicate_of') IS NULL"
-
-_COLUMNS = ("source", "action", "event_count", "unique_ips", "unique_users", "cpu_avg",
-            "cpu_max", "memory_avg", "memory_max", "net_bytes_sent", "net_bytes_recv")
-
 
 def ts(dt: datetime) -> str:
     """Storage text of an aware datetime (fixed width, so text order is time order)."""
@@ -99,6 +95,10 @@ class AggregateRow:
 
     def values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, c) for c in _COLUMNS)
+
+
+# the aggregate tables' value columns, in AggregateRow's order
+_COLUMNS = tuple(f.name for f in fields(AggregateRow))
 
 
 # ---- reading ---------------------------------------------------------------------------------
