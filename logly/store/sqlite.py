@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from logly.errors import LoglyError
+from logly.rows import EVENT_INSERT_COLUMNS
 
 log = logging.getLogger("logly.store")
 
@@ -62,10 +63,6 @@ MIGRATIONS: dict[int, str] = {
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
-EVENT_INSERT_COLUMNS = (
-    "timestamp", "source", "host", "program", "pid", "level", "service", "action", "message",
-    "ip_address", "user", "port", "metadata", "file_id", "offset",
-)
 _INSERT_EVENT = (
     "INSERT INTO log_events ("
     + ", ".join(f'"{c}"' for c in EVENT_INSERT_COLUMNS)

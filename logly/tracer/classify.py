@@ -17,6 +17,7 @@ from typing import Any
 
 from logly.config import read_toml
 from logly.errors import ConfigError
+from logly.rows import ACTION, MESSAGE, PROGRAM
 
 SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
@@ -139,14 +140,14 @@ class Classifier:
         return None
 
     def classify_rows(self, rows: Sequence[tuple]) -> list[Classified]:
-        """Rows in EVENT_INSERT_COLUMNS order (program 3, action 7, message 8)."""
+        """Rows in EVENT_INSERT_COLUMNS order (logly/rows.py)."""
         out: list[Classified] = []
         actions = CLASSIFIED_ACTIONS
         classify = self.classify
         for i, row in enumerate(rows):
-            if row[7] not in actions:
+            if row[ACTION] not in actions:
                 continue
-            hit = classify(row[3], row[8])
+            hit = classify(row[PROGRAM], row[MESSAGE])
             if hit is not None:
                 hit.index = i
                 out.append(hit)

@@ -27,6 +27,7 @@ from operator import sub
 from typing import Any
 
 from logly.errors import ConfigError
+from logly.rows import ACTION, HOST, IP, METADATA, PORT, PROGRAM, TIMESTAMP, USER
 from logly.store.sqlite import BatchHook
 from logly.tracer.classify import SEVERITY_RANK, Classified
 from logly.tracer.patterns import CorrelationRules, Pattern, TraceGroup
@@ -155,6 +156,12 @@ class Ev:
     meta: str | None
 
 
+def _ev(eid: int, row: tuple, t: int, program: str | None) -> Ev:
+    """A stored row (EVENT_INSERT_COLUMNS order) as correlation reads it."""
+    return Ev(eid, row[TIMESTAMP], t, row[HOST], program, row[ACTION], row[IP], row[USER],
+              row[PORT], row[METADATA])
+
+
 class Correlator:
     def __init__(self, rules: CorrelationRules) -> None:
         self.rules = rules
@@ -240,18 +247,19 @@ class Correlator:
         if len(epochs) > 16_384:
             epochs.clear()
         if rows:  # idle traces close against this batch's (log) time
-            self._batch_max_t = max(_epoch_of(rows[0][0], cache), _epoch_of(rows[-1][0], cache))
+            self._batch_max_t = max(_epoch_of(rows[0][TIMESTAMP], cache),
+                                    _epoch_of(rows[-1][TIMESTAMP], cache))
         link_open = self._link_open
         for i, row in enumerate(rows, first_id):
-            action = row[7]
+            action = row[ACTION]
             handlers = dispatch.get(action)
             if handlers is None or not (handlers or action in self._linking):
                 continue  # most rows stop here: no pattern and no open trace wants them
-            ts = row[0]
+            ts = row[TIMESTAMP]
             t = epochs.get(ts)
             if t is None:
                 t = epochs[ts] = _epoch_of(ts, cache)
-            ev = Ev(i, ts, t, row[2], row[3], action, row[9], row[10], row[11], row[12])
+            ev = _ev(i, row, t, row[PROGRAM])
             self._added = -1
             for h in handlers:
                 h(ev)
@@ -260,8 +268,8 @@ class Correlator:
         for hit in errors or ():
             row = rows[hit.index]
             # a unit's errors are that service's, not all of systemd's
-            ev = Ev(first_id + hit.index, row[0], _epoch_of(row[0], cache), row[2],
-                    hit.unit or row[3], row[7], row[9], row[10], row[11], row[12])
+            ev = _ev(first_id + hit.index, row, _epoch_of(row[TIMESTAMP], cache),
+                     hit.unit or row[PROGRAM])
             self._error(ev, hit.cls.type, hit.cls.severity)
         self._flush(conn)
 

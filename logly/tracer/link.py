@@ -24,13 +24,12 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from logly.rows import ACTION, HOST, IP, PID, PORT, TIMESTAMP, USER
 from logly.store.sqlite import BatchHook, utcnow
 from logly.tracer.procfs import Conn, ProcfsTracer, ProcInfo
 
 log = logging.getLogger("logly.tracer")
 
-# EVENT_INSERT_COLUMNS positions
-_TS, _HOST, _PID, _ACTION, _IP, _USER, _PORT = 0, 2, 4, 7, 9, 10, 11
 SLACK = 2.0  # seconds: syslog timestamps have whole seconds, processes start mid-second
 MAX_ANCESTORS = 8
 CAUSALITY_VERSION = 1
@@ -84,21 +83,21 @@ class Linker:
         tracer, hosts = self.tracer, self.local_hosts
         hits: list[tuple[int, tuple, ProcInfo | None, list[Conn]]] = []
         for i, row in enumerate(rows):
-            ts = row[_TS]
+            ts = row[TIMESTAMP]
             if ts < horizon:  # fixed-width ISO text: string order is time order
                 continue
-            pid, ip = row[_PID], row[_IP]
-            if (pid is None or not tracer.known(pid)) and (ip is None or row[_PORT] is None):
+            pid, ip = row[PID], row[IP]
+            if (pid is None or not tracer.known(pid)) and (ip is None or row[PORT] is None):
                 continue
-            if hosts is not None and row[_HOST] not in hosts:
+            if hosts is not None and row[HOST] not in hosts:
                 continue  # a line from another machine names another machine's pids
             when = _epoch(ts)
             if when is None:
                 continue
             info = tracer.process_at(pid, when, SLACK) if pid is not None else None
             conns: list[Conn] = []
-            if ip is not None and row[_PORT] is not None:
-                conns = [c for c in tracer.connections(ip, row[_PORT]) if _conn_at(c, when,
+            if ip is not None and row[PORT] is not None:
+                conns = [c for c in tracer.connections(ip, row[PORT]) if _conn_at(c, when,
                                                                                   self.keep)]
                 if info is None:  # the socket's process, for a line that names no pid
                     for c in conns:
@@ -130,9 +129,9 @@ class Linker:
                 key = (info.pid, info.start) if info is not None else None
                 trace_id = self.context_traces.get(key) if key is not None else None
                 if trace_id is not None:
-                    b = bumps.setdefault(trace_id, [0, row[_TS]])
+                    b = bumps.setdefault(trace_id, [0, row[TIMESTAMP]])
                     b[0] += 1
-                    b[1] = max(b[1], row[_TS])
+                    b[1] = max(b[1], row[TIMESTAMP])
                 else:
                     trace_id = self._new_context_trace(conn, event_id, row, info, conns, now)
                     if key is not None:
@@ -176,7 +175,7 @@ class Linker:
             "INSERT INTO event_traces (title, severity, pattern, first_seen, last_seen, "
             "ip_address, user, host, event_count, status, causality, created, updated) "
             "VALUES (?, 'info', 'context', ?, ?, ?, ?, ?, 1, 'open', ?, ?, ?)",
-            (_title(info, conns), row[_TS], row[_TS], row[_IP], row[_USER], row[_HOST],
+            (_title(info, conns), row[TIMESTAMP], row[TIMESTAMP], row[IP], row[USER], row[HOST],
              json.dumps(chain, ensure_ascii=False), now, now),
         ).lastrowid
         return int(trace_id)
@@ -194,8 +193,8 @@ class Linker:
                           "local": f"{c.local_address}:{c.local_port}",
                           "remote": f"{c.remote_address}:{c.remote_port}",
                           "states": [s for _, s in c.states]})
-        steps.append({"kind": "event", "event_id": event_id, "action": row[_ACTION],
-                      "at": row[_TS]})
+        steps.append({"kind": "event", "event_id": event_id, "action": row[ACTION],
+                      "at": row[TIMESTAMP]})
         return {"version": CAUSALITY_VERSION, "source": "tracer", "steps": steps}
 
     def _store_processes(self, conn: Connection, trace_id: int, event_id: int,

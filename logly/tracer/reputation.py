@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from logly.errors import ConfigError
+from logly.rows import ACTION, IP, METADATA, PORT, TIMESTAMP, USER
 from logly.tracer.blocklist import Blocklists, NetSet, addr_int
 from logly.tracer.geoip import GeoIP
 from logly.tracer.reputation_model import Model, parse_duration
@@ -349,16 +350,16 @@ class Reputation:
                 a.bans.append([ts, jail or ""])
 
         for r in rows:
-            ip = r[9]
+            ip = r[IP]
             if ip is None:
                 continue
-            ts = r[0]
-            action = r[7]
+            ts = r[TIMESTAMP]
+            action = r[ACTION]
             counter = by_action.get(action)
-            user = r[10]
+            user = r[USER]
             n, dup, jail = 1, False, None
             if counter is not None:
-                meta = r[12]
+                meta = r[METADATA]
                 if meta is not None:
                     info = known.get(meta)
                     if info is None:
@@ -374,13 +375,13 @@ class Reputation:
                 a = accs.get(ip)
                 if a is None:
                     a = accs[ip] = _Acc(ts)
-                add(a, ts, action, counter, n, dup, user, r[11], jail)
+                add(a, ts, action, counter, n, dup, user, r[PORT], jail)
             if nets and ":" in ip and not allowed(ip):
                 key = net64(ip)
                 a = net_accs.get(key)
                 if a is None:
                     a = net_accs[key] = _Acc(ts)
-                add(a, ts, action, counter, n, dup, user, r[11], jail)
+                add(a, ts, action, counter, n, dup, user, r[PORT], jail)
 
         if not accs and not net_accs:
             return 0
