@@ -186,11 +186,3 @@ def _decode(raw: bytes, stats: InputStats, dropped: int) -> str:
     except UnicodeDecodeError:
         stats.invalid_utf8 += 1
         return raw.decode("utf-8", "replace")
-
-
-def file_signature(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
