@@ -156,6 +156,22 @@ def test_batch_and_checkpoint_commit_together(store: SQLiteStore) -> None:
     assert (src["lines"], src["events"], src["unparsed"]) == (11, 10, 1)
 
 
+def test_rows_keep_their_order_and_fail_whole_across_statements(store: SQLiteStore) -> None:
+    # 123 rows: two full multi-row statements and a remainder; ids follow row order
+    fid, _ = store.open_source("id-multi", "/var/log/multi.log")
+    rows = [(*ROW, fid, i) for i in range(123)]
+    assert store.write_batch(fid, rows, [], 123, 123) == 123
+    stored = store.get_log_events(limit=None)
+    assert sorted((e["id"], e["offset"]) for e in stored) == [(i + 1, i) for i in range(123)]
+    # a bad row inside a multi-row statement fails the whole batch, as SQLAlchemy's error
+    bad = [(*ROW, fid, 200 + i) for i in range(120)]
+    bad[70] = (None, *ROW[1:], fid, 270)
+    with pytest.raises(IntegrityError):
+        store.write_batch(fid, bad, [], 400, 120)
+    assert len(store.get_log_events(limit=None)) == 123
+    assert store.open_source("id-multi", "/x")[1] == 123
+
+
 def test_query_filters_are_parameters(store: SQLiteStore) -> None:
     fid, _ = store.open_source("id2", "/log")
     rows = [
