@@ -290,12 +290,13 @@ def components(rounds: int, execs: int, connects: int, only: str = "") -> None:
     loaded once, then attached only for its own block; the blocks of a round run in a random
     order, and each variant is compared with the no-probe block of the same round (paired)."""
     sys.path.insert(0, str(REPO))
-    from logly.tracer.ebpf import BPF_DIR, _import_bcc
+    from logly.tracer.ebpf import (BPF_DIR, TracerSettings, _import_bcc, probe_cflags,
+                                   sock_offsets)
 
     bcc = _import_bcc()
     src = {n: (BPF_DIR / f"{n}.c").read_text() for n in ("common", "syscalls", "process", "tcp")}
-    flags = ["-DRINGBUF_PAGES=1024", "-DFAIL_PIDS=16384", "-DMAX_SOCKS=65536",
-             "-DMAX_STATES=12", "-DMAXARGS=20", "-DARGLEN=256"]
+    flags, _ = probe_cflags(TracerSettings())  # the raw TCP probe when the BTF allows it
+    classic = [f for f in flags if f not in sock_offsets()[0]]
     variants: dict[str, tuple[str, list[str]]] = {
         "all probes": (src["common"] + src["syscalls"] + src["process"] + src["tcp"], []),
         "process probes": (src["common"] + src["syscalls"] + src["process"], ["-DNO_FAILED"]),
@@ -308,6 +309,7 @@ def components(rounds: int, execs: int, connects: int, only: str = "") -> None:
             ["-DNO_FAILED", "-DSLOW_NS=10000000ULL"]),
         "tcp probe": (src["common"] + src["tcp"], []),
         "tcp probe without byte counts": (src["common"] + src["tcp"], ["-DNO_TCP_BYTES"]),
+        "tcp probe, classic tracepoint": (src["common"] + src["tcp"], ["-DCLASSIC"]),
         **{k: (v, []) for k, v in EMPTY.items()},
     }
     if only:  # a comma-separated list of substrings of the variants' names
@@ -315,7 +317,8 @@ def components(rounds: int, execs: int, connects: int, only: str = "") -> None:
                     if any(w.strip() in k for w in only.split(","))}
     loaded: dict[str, Probes] = {}
     for name, (text, extra) in variants.items():
-        b = bcc.BPF(text=text.encode(), cflags=flags + extra)
+        b = bcc.BPF(text=text.encode(), cflags=(classic if "-DCLASSIC" in extra else flags)
+                    + extra)
         if "events" in text:  # drained after each block (untimed): nothing is lost
             b[b"events"].open_ring_buffer(lambda _c, _d, _s: 0)
         if "slow" in name:  # pid 1 is watched

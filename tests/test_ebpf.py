@@ -446,3 +446,55 @@ def test_connection_bytes_are_counted_per_socket(
     assert "17 / 3,000" in out.stdout and "3,000 / 17" in out.stdout, out.stdout
     rows = [ln for ln in out.stdout.splitlines() if ln.startswith(f"│ {client.pid} ")]
     assert rows and "exited 0" in rows[0]  # the client's row of the Processes table
+
+
+def _conn_view(c) -> tuple:  # type: ignore[no-untyped-def]
+    """A connection record without its times (two tracers stamp them a few ns apart)."""
+    return (c.key, c.pid, c.comm, c.local_address, c.local_port, c.remote_address,
+            c.remote_port, [st for _, st in c.states], c.closed is not None, c.bytes_sent,
+            c.bytes_recv)
+
+
+def test_raw_tcp_probe_records_connections_as_the_classic_tracepoint(
+        tracer: EbpfTracer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the raw probe reads the socket at offsets taken from the kernel's BTF: a wrong offset
+    # shows here as an endpoint, a family or a protocol that differs from the tracepoint's
+    assert tracer.tcp_hook.startswith("raw tracepoint"), tracer.tcp_hook
+    import logly.tracer.ebpf as ebpf
+
+    monkeypatch.setattr(ebpf, "sock_offsets", lambda: ([], "compared with the raw probe"))
+    classic = EbpfTracer(TracerSettings(keep_seconds=120, failed_syscalls=False))
+    classic.start()
+    try:
+        assert classic.tcp_hook == "tracepoint sock:inet_sock_set_state"
+        ends = []
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            srv = socket.socket(family)
+            srv.bind((host, 0))
+            srv.listen()
+            cli = socket.create_connection((host, srv.getsockname()[1]))
+            acc, _ = srv.accept()
+            cli.sendall(b"x" * 1000)
+            assert acc.recv(4096)
+            acc.sendall(b"y" * 10)
+            assert cli.recv(100)
+            caddr, cport = cli.getsockname()[:2]
+            # live: read from each tracer's kernel maps
+            live = [sorted(map(_conn_view, t.connections(caddr, cport)))
+                    for t in (tracer, classic)]
+            assert len(live[0]) == 2 and live[0] == live[1]
+            cli.close()
+            acc.close()
+            srv.close()
+            ends.append((caddr, cport))
+        for caddr, cport in ends:
+            for t in (tracer, classic):
+                assert _wait_for(lambda t=t, a=caddr, p=cport: sum(
+                    1 for c in t.connections(a, p) if c.closed) >= 2)
+            got = [sorted(map(_conn_view, t.connections(caddr, cport))) for t in (tracer, classic)]
+            assert got[0] == got[1]
+            assert {c[3] for c in got[0]} == {caddr}  # both sockets, by their own addresses
+            assert sorted(c[7][-1] for c in got[0]) == ["CLOSE", "CLOSE"]
+            assert sorted((c[9], c[10]) for c in got[0]) == [(10, 1000), (1000, 10)]
+    finally:
+        classic.stop()

@@ -139,6 +139,72 @@ def _has_tracepoint(category: str, event: str) -> bool:
     return any(Path(root, "events", category, event).is_dir() for root in TRACEFS)
 
 
+# The socket fields the raw inet_sock_set_state probe reads (bpf/tcp.c), named as the classic
+# tracepoint's record takes them (include/trace/events/sock.h), as members of struct inet_sock,
+# with the sizes a probe may read them as, and the span they are read in: each span is one
+# bpf_probe_read_kernel (a helper call costs more than the bytes it copies). Offsets come from
+# the running kernel's BTF; a span's fields get offsets within it.
+SOCK_FIELDS = {
+    "SK_PROTO": ("sk.sk_protocol", (1, 2), ""),  # a u16 since 5.6; a byte-wide bitfield before
+    "SK_FAMILY": ("sk.__sk_common.skc_family", (2,), "SKC"),
+    "SK_DPORT": ("sk.__sk_common.skc_dport", (2,), "SKC"),
+    "SK_DADDR": ("sk.__sk_common.skc_daddr", (4,), "SKC"),
+    "SK_SADDR6": ("sk.__sk_common.skc_v6_rcv_saddr", (16,), "SKC"),
+    "SK_DADDR6": ("sk.__sk_common.skc_v6_daddr", (16,), "SKC"),
+    "SK_SPORT": ("inet_sport", (2,), "INET"),
+    "SK_SADDR": ("inet_saddr", (4,), "INET"),
+}
+MAX_SPAN = 128  # bytes of BPF stack a span may take
+
+
+def sock_offsets(btf_path: Path | None = None) -> tuple[list[str], str | None]:
+    """The -D flags that select the raw inet_sock_set_state probe, with the socket fields'
+    offsets from the running kernel's BTF: (flags, None), or ([], why the classic tracepoint
+    must do)."""
+    from logly.tracer import btf
+
+    try:
+        types = btf.load(btf_path) if btf_path else btf.load()
+        found: dict[str, tuple[int, int]] = {}
+        for macro, (path, sizes, _span) in SOCK_FIELDS.items():
+            at = types.offset_of("inet_sock", path)
+            if at is None or at[1] not in sizes:
+                return [], f"struct inet_sock has no usable {path} in BTF"
+            if at[0] % min(at[1], 8):
+                return [], f"inet_sock.{path} is not aligned"
+            found[macro] = at
+    except btf.BtfError as exc:
+        return [], str(exc)
+    flags = [f"-DSK_PROTO_OFF={found['SK_PROTO'][0]}", f"-DSK_PROTO_SIZE={found['SK_PROTO'][1]}"]
+    for span in ("SKC", "INET"):
+        fields = {m: found[m] for m, (_p, _s, sp) in SOCK_FIELDS.items() if sp == span}
+        lo = min(off for off, _ in fields.values()) & ~7
+        hi = max(off + size for off, size in fields.values())
+        length = (hi - lo + 7) & ~7
+        if length > MAX_SPAN:
+            return [], f"the {span} fields of inet_sock span {length} bytes"
+        flags += [f"-D{span}_SPAN_OFF={lo}", f"-D{span}_SPAN_LEN={length}"]
+        flags += [f"-D{m}_OFF={off - lo}" for m, (off, _size) in fields.items()]
+    return flags, None
+
+
+def probe_cflags(s: TracerSettings) -> tuple[list[str], str | None]:
+    """The compile flags for bpf/*.c under these settings, and why the TCP probe is the classic
+    tracepoint (None: it is the raw one)."""
+    cflags = [f"-DRINGBUF_PAGES={s.ringbuf_pages}", f"-DFAIL_PIDS={s.failed_pids}",
+              f"-DMAX_SOCKS={s.max_connections}", f"-DMAX_STATES={MAX_STATES}",
+              f"-DMAXARGS={MAXARGS}", f"-DARGLEN={ARGLEN}"]
+    if not s.failed_syscalls:
+        cflags.append("-DNO_FAILED")
+    if not (s.tcp_bytes and _has_tracepoint("sock", "sock_send_length")
+            and _has_tracepoint("sock", "sock_recv_length")):
+        cflags.append("-DNO_TCP_BYTES")
+    if s.slow_syscalls:
+        cflags.append(f"-DSLOW_NS={int(s.slow_syscall_ms * 1e6)}ULL")
+    sock, why_not = sock_offsets()
+    return cflags + sock, why_not
+
+
 def _import_bcc() -> Any:
     import sys
 
@@ -518,23 +584,20 @@ class EbpfTracer(ProcfsTracer):
         self.errors = 0  # events we could not decode or apply
         self._syscall_names: dict[int, str] = {}
         self._tcp_bytes = False  # set at start: the setting, and the kernel has the tracepoints
+        self.tcp_hook = ""  # set at start: which hook sees TCP state changes
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         bcc = _import_bcc()
         s = self.settings
         text = "".join((BPF_DIR / name).read_text(encoding="utf-8") for name in BPF_SOURCES)
-        cflags = [f"-DRINGBUF_PAGES={s.ringbuf_pages}", f"-DFAIL_PIDS={s.failed_pids}",
-                  f"-DMAX_SOCKS={s.max_connections}", f"-DMAX_STATES={MAX_STATES}",
-                  f"-DMAXARGS={MAXARGS}", f"-DARGLEN={ARGLEN}"]
-        if not s.failed_syscalls:
-            cflags.append("-DNO_FAILED")
-        self._tcp_bytes = s.tcp_bytes and _has_tracepoint("sock", "sock_send_length") \
-            and _has_tracepoint("sock", "sock_recv_length")
-        if not self._tcp_bytes:
-            cflags.append("-DNO_TCP_BYTES")
-        if s.slow_syscalls:
-            cflags.append(f"-DSLOW_NS={int(s.slow_syscall_ms * 1e6)}ULL")
+        cflags, why_classic = probe_cflags(s)
+        self._tcp_bytes = "-DNO_TCP_BYTES" not in cflags
+        if why_classic is None:
+            self.tcp_hook = "raw tracepoint inet_sock_set_state (socket offsets from BTF)"
+        else:
+            self.tcp_hook = "tracepoint sock:inet_sock_set_state"
+            log.info("tracer: TCP state changes through the classic tracepoint: %s", why_classic)
         self.bpf = bcc.BPF(text=text.encode(), cflags=cflags)
         _release_compiler_memory()
         self._failed = self.bpf[b"failed"]
@@ -548,8 +611,8 @@ class EbpfTracer(ProcfsTracer):
         self._stop.clear()
         self._thread = threading.Thread(target=self._poll, name="logly-tracer", daemon=True)
         self._thread.start()
-        log.info("tracer: eBPF attached (%d tracepoints, %d raw tracepoints)",
-                 len(self.bpf.tracepoint_fds), len(self.bpf.raw_tracepoint_fds))
+        log.info("tracer: eBPF attached (%d tracepoints, %d raw tracepoints; TCP: %s)",
+                 len(self.bpf.tracepoint_fds), len(self.bpf.raw_tracepoint_fds), self.tcp_hook)
 
     def stop(self) -> None:
         self._stop.set()

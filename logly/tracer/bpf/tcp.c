@@ -128,27 +128,26 @@ static __always_inline void unindex_endpoint(struct conn_t *c, int remote, u64 s
         endpoints.delete(&ep);
 }
 
-// One map lookup per state change (plus one insert for a new socket, one delete when it
-// closes), and one endpoint index update per socket: this runs ~10 times per connection.
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+// The steps every state change takes, whichever hook runs them (below): a new socket's record,
+// the change itself, then storing, indexing or closing. One map lookup per state change (plus
+// one insert for a new socket, one delete when it closes), one endpoint index update per
+// socket, and the helpers only where they are needed: this runs ~10 times per connection.
+static __always_inline struct conn_t *conn_new(struct conn_t *fresh, u64 sk, int oldstate,
+                                               u64 now)
 {
-    if (args->protocol != PROTO_TCP)
-        return 0;
-    u64 sk = (u64)args->skaddr;
-    u64 now = bpf_ktime_get_ns();
-    int newstate = args->newstate;
-    int oldstate = args->oldstate;
-    struct conn_t fresh;
-    struct conn_t *c = socks.lookup(&sk);
-    bool is_new = !c;
-    if (is_new) {
-        __builtin_memset(&fresh, 0, sizeof(fresh));
-        fresh.skaddr = sk;
-        fresh.first_ts = now;
-        fresh.first_old = oldstate;
-        fresh.family = args->family;
-        c = &fresh;
-    }
+    __builtin_memset(fresh, 0, sizeof(*fresh));
+    fresh->skaddr = sk;
+    fresh->first_ts = now;
+    fresh->first_old = oldstate;
+    return fresh;
+}
+
+// Records the change; true when the endpoints must be read: connect() moves to SYN_SENT
+// before the local port is chosen, and a server's socket is SYN_RECV before its peer and local
+// address are set, so they are taken at ESTABLISHED, when the socket is indexed by them (or at
+// CLOSE, for a socket never established while we watched: a failed connect, a listener).
+static __always_inline bool conn_step(struct conn_t *c, int newstate, u64 now)
+{
     u32 n = c->nstates;
     if (n < MAX_STATES) {
         c->states[n] = newstate;
@@ -156,29 +155,22 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     }
     c->nstates = n + 1;
     c->last_ts = now;
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (pid && (newstate == ST_SYN_SENT || newstate == ST_LISTEN ||
-                ((newstate == ST_FIN_WAIT1 || newstate == ST_LAST_ACK) && c->pid == 0))) {
-        c->pid = pid;
-        bpf_get_current_comm(&c->comm, sizeof(c->comm));
-    }
-    // connect() moves to SYN_SENT before the local port is chosen, and a server's socket is
-    // SYN_RECV before its peer and local address are set: take them at ESTABLISHED (or first
-    // seen)
-    if (newstate == ST_ESTABLISHED || !c->sport || !c->dport) {
-        // plain loads from the tracepoint's record (no helper call)
-        if (args->family == FAMILY_INET) {
-            __builtin_memcpy(c->saddr, args->saddr, 4);
-            __builtin_memcpy(c->daddr, args->daddr, 4);
-        } else {
-            __builtin_memcpy(c->saddr, args->saddr_v6, 16);
-            __builtin_memcpy(c->daddr, args->daddr_v6, 16);
+    if (newstate == ST_SYN_SENT || newstate == ST_LISTEN ||
+        ((newstate == ST_FIN_WAIT1 || newstate == ST_LAST_ACK) && c->pid == 0)) {
+        u32 pid = bpf_get_current_pid_tgid() >> 32;
+        if (pid) {
+            c->pid = pid;
+            bpf_get_current_comm(&c->comm, sizeof(c->comm));
         }
-        c->sport = args->sport;
-        c->dport = args->dport;
     }
+    return newstate == ST_ESTABLISHED || (newstate == ST_CLOSE && !c->family);
+}
+
+static __always_inline int conn_done(struct conn_t *c, bool is_new, u64 sk, int oldstate,
+                                     int newstate)
+{
     if (newstate != ST_CLOSE) {
-        if (is_new && socks.update(&sk, &fresh) != 0) {
+        if (is_new && socks.update(&sk, c) != 0) {
             count_lost(EV_TCP);
             return 0;
         }
@@ -209,10 +201,97 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     return 0;
 }
 
+#ifdef SKC_SPAN_OFF
+// The raw tracepoint: the kernel calls the program with the tracepoint's own arguments,
+// (const struct sock *sk, int oldstate, int newstate), without first building the trace
+// record (which reads a dozen socket fields, addresses included, on every change). The few
+// fields needed are read here at byte offsets taken from the running kernel's BTF by
+// logly/tracer/ebpf.py (sock_offsets; never from the headers), and only when needed: the
+// protocol when a socket is first seen (a socket in `socks` is TCP), the endpoints (two spans
+// of the socket, one read each) as conn_step says.
+static __always_inline void conn_ends(struct conn_t *c, u64 sk)
+{
+    u64 skc[SKC_SPAN_LEN / 8];    // struct sock_common: family, peer port, addresses
+    u64 inet[INET_SPAN_LEN / 8];  // struct inet_sock: own port and source address
+    if (bpf_probe_read_kernel(skc, sizeof(skc), (void *)(sk + SKC_SPAN_OFF)) ||
+        bpf_probe_read_kernel(inet, sizeof(inet), (void *)(sk + INET_SPAN_OFF)))
+        return;
+    u8 *a = (u8 *)skc, *b = (u8 *)inet;
+    u16 family = *(u16 *)(a + SK_FAMILY_OFF);
+    c->family = family;
+    c->sport = __builtin_bswap16(*(u16 *)(b + SK_SPORT_OFF));  // network order in the socket
+    c->dport = __builtin_bswap16(*(u16 *)(a + SK_DPORT_OFF));
+    if (family == FAMILY_INET) {
+        __builtin_memcpy(c->saddr, b + SK_SADDR_OFF, 4);
+        __builtin_memcpy(c->daddr, a + SK_DADDR_OFF, 4);
+    } else {
+        __builtin_memcpy(c->saddr, a + SK_SADDR6_OFF, 16);
+        __builtin_memcpy(c->daddr, a + SK_DADDR6_OFF, 16);
+    }
+}
+
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    u64 sk = ctx->args[0];
+    int oldstate = (int)ctx->args[1];
+    int newstate = (int)ctx->args[2];
+    struct conn_t fresh;
+    struct conn_t *c = socks.lookup(&sk);
+    bool is_new = !c;
+    if (is_new) {
+#if SK_PROTO_SIZE == 1
+        u8 proto = 0;
+#else
+        u16 proto = 0;
+#endif
+        bpf_probe_read_kernel(&proto, sizeof(proto), (void *)(sk + SK_PROTO_OFF));
+        if (proto != PROTO_TCP)
+            return 0;
+    }
+    u64 now = bpf_ktime_get_ns();
+    if (is_new)
+        c = conn_new(&fresh, sk, oldstate, now);
+    if (conn_step(c, newstate, now))
+        conn_ends(c, sk);
+    return conn_done(c, is_new, sk, oldstate, newstate);
+}
+#else
+// The classic tracepoint (no usable BTF): its record, laid out as tracefs says, carries the
+// endpoints and the protocol.
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != PROTO_TCP)
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    u64 now = bpf_ktime_get_ns();
+    struct conn_t fresh;
+    struct conn_t *c = socks.lookup(&sk);
+    bool is_new = !c;
+    if (is_new)
+        c = conn_new(&fresh, sk, args->oldstate, now);
+    if (conn_step(c, args->newstate, now)) {
+        // plain loads from the tracepoint's record (no helper call)
+        c->family = args->family;
+        if (args->family == FAMILY_INET) {
+            __builtin_memcpy(c->saddr, args->saddr, 4);
+            __builtin_memcpy(c->daddr, args->daddr, 4);
+        } else {
+            __builtin_memcpy(c->saddr, args->saddr_v6, 16);
+            __builtin_memcpy(c->daddr, args->daddr_v6, 16);
+        }
+        c->sport = args->sport;
+        c->dport = args->dport;
+    }
+    return conn_done(c, is_new, sk, args->oldstate, args->newstate);
+}
+#endif
+
 #ifndef NO_TCP_BYTES
 // Bytes through each traced socket, from the socket layer's send/receive tracepoints (kernel
-// 6.3+): `ret` is what sendmsg/recvmsg returned. A peek (MSG_PEEK, flags & 2) consumes nothing.
-// One lookup per call, and only for TCP: other sockets return at the first test.
+// 6.3+), as raw tracepoints: their arguments are (struct sock *sk, int ret, int flags), `ret`
+// what sendmsg/recvmsg returned. No socket field is read: a socket not in `socks` (not TCP, or
+// not traced) is simply not counted, after one map lookup. A peek (MSG_PEEK, flags & 2)
+// consumes nothing.
 #define MSG_PEEK_FLAG 2
 static __always_inline void count_bytes(u64 sk, int ret, int recv)
 {
@@ -225,17 +304,20 @@ static __always_inline void count_bytes(u64 sk, int ret, int recv)
         __sync_fetch_and_add(&c->bytes_sent, (u64)ret);
 }
 
-TRACEPOINT_PROBE(sock, sock_send_length)
+RAW_TRACEPOINT_PROBE(sock_send_length)
 {
-    if (args->protocol == PROTO_TCP && args->ret > 0)
-        count_bytes((u64)args->sk, args->ret, 0);
+    int ret = (int)ctx->args[1];
+    if (ret > 0)
+        count_bytes(ctx->args[0], ret, 0);
     return 0;
 }
 
-TRACEPOINT_PROBE(sock, sock_recv_length)
+RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
-    if (args->protocol == PROTO_TCP && args->ret > 0 && !(args->flags & MSG_PEEK_FLAG))
-        count_bytes((u64)args->sk, args->ret, 1);
+    int ret = (int)ctx->args[1];
+    int flags = (int)ctx->args[2];
+    if (ret > 0 && !(flags & MSG_PEEK_FLAG))
+        count_bytes(ctx->args[0], ret, 1);
     return 0;
 }
 #endif
