@@ -276,10 +276,12 @@ def stats(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None) 
         for stage, n in (d.get("enrich_failures") or {}).items():
             ctx.out.print(Text(f"Enrichment stage {safe_text(stage)} failed on {n:,} batches "
                                "(events stored without it; see the daemon's log)"))
-        t = _table("followed file", "lag (bytes)", "pending", "events", title="Following")
+        t = _table("followed file", "lag (bytes)", "pending", "events", "invalid UTF-8",
+                   "cut", title="Following")
         for f in d["files"]:
             t.add_row(_cell(f["path"]), f"{f['lag_bytes']:,}", f"{f['pending']:,}",
-                      f"{f['events']:,}")
+                      f"{f['events']:,}", f"{f['invalid_utf8']:,}" if "invalid_utf8" in f else "-",
+                      f"{f['truncated']:,}" if "truncated" in f else "-")
         ctx.out.print(t)
 
 

@@ -313,12 +313,17 @@ class Daemon:
             "error": self.error,
             "tracer": self.tracer.stats() if self.tracer is not None else {"mode": "off"},
             "enrich_failures": dict(HOOK_FAILURES),
-            "files": [
-                {"path": p, "lag_bytes": f.lag_bytes(), "pending": f.pending_lines(),
-                 "events": f.events}
-                for p, f in sorted(self.followers.items())
-            ],
+            "files": [self._file_status(p, f) for p, f in sorted(self.followers.items())],
         }
+
+    @staticmethod
+    def _file_status(path: str, f: Any) -> dict[str, Any]:
+        out = {"path": path, "lag_bytes": f.lag_bytes(), "pending": f.pending_lines(),
+               "events": f.events}
+        if isinstance(f, Follower):  # a file's bytes (the journal hands over decoded text)
+            out["invalid_utf8"] = f.stats.invalid_utf8
+            out["truncated"] = f.stats.truncated
+        return out
 
     def _status_line(self) -> str:
         s = self.status()

@@ -3,6 +3,7 @@ while it is killed; systemd's notify protocol on a real socket; signals."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -116,6 +117,37 @@ def test_follows_from_end_by_default_then_appends_rotations_and_truncation(
     log.write_text(line(8))
     assert wait_for(lambda: len(users(db)) == 7)
     assert sorted(users(db)) == [f"u{i}" for i in range(2, 9)]
+
+
+def test_hostile_bytes_are_counted_and_never_cost_a_neighbour(
+        tmp_path: Path, daemons: list[subprocess.Popen]) -> None:
+    log = tmp_path / "auth.log"
+    db = tmp_path / "l.db"
+    log.write_text(line(0))  # existing content: not backfilled
+    daemons.append(start(tmp_path, db, str(log)))
+    assert wait_for(lambda: db.exists() and sqlite3.connect(db).execute(
+        "SELECT count(*) FROM source_files").fetchone()[0] == 1)
+    with open(log, "ab") as f:
+        f.write(line(1).encode())
+        f.write(line(2).encode().replace(b"Invalid user u2", b"Invalid user u2\xff\xfe"))
+        f.write(b"\x00" + b"A" * (5 << 20) + b"\n")  # 5 MB: cut at 1 MB, the rest skipped
+        f.write(line(3).encode())
+    assert wait_for(lambda: sorted(users(db)) == ["u1", "u2\ufffd\ufffd", "u3"])
+
+    def status() -> dict:
+        row = sqlite3.connect(db).execute(
+            "SELECT value FROM metadata WHERE key = 'daemon_status'").fetchone()
+        return json.loads(row[0])["files"][0] if row else {}
+
+    assert wait_for(lambda: status().get("truncated") == 1)
+    assert status()["invalid_utf8"] == 1
+    lines, unparsed = sqlite3.connect(db).execute(
+        "SELECT lines, unparsed FROM source_files").fetchone()
+    assert (lines, unparsed) == (4, 1)  # the long line is one line, not five
+    out = subprocess.run([sys.executable, "-m", "logly.cli", "stats", "--db", str(db)],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "invalid UTF-8" in out
 
 
 def test_glob_picks_up_new_files_and_from_start_backfills(

@@ -141,12 +141,13 @@ def read_lines(inp: Input, start: int = 0,
         for raw in parts:
             nxt = pos + len(raw) + 1
             if len(raw) > MAX_LINE_BYTES:
-                yield pos, nxt, _decode(raw[:MAX_LINE_BYTES], stats, len(raw) - MAX_LINE_BYTES)
+                text = decode_line(raw, stats)
             else:
-                try:
-                    yield pos, nxt, raw.decode("utf-8")
+                try:  # the common case inline: this runs once per line of every input
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError:
-                    yield pos, nxt, _decode(raw, stats, 0)
+                    text = decode_line(raw, stats)
+            yield pos, nxt, text
             pos = nxt
         if len(tail) > MAX_LINE_BYTES:
             carry_dropped = len(tail) - MAX_LINE_BYTES
@@ -176,6 +177,13 @@ def line_start_at_or_after(inp: Input, offset: int) -> int | None:
 
 def end_offset(inp: Input) -> int | None:
     return inp.size if inp.kind == "file" else None
+
+
+def decode_line(raw: bytes, stats: InputStats) -> str:
+    """One line's text: cut to MAX_LINE_BYTES, invalid UTF-8 replaced, both counted in `stats`."""
+    if len(raw) > MAX_LINE_BYTES:
+        return _decode(raw[:MAX_LINE_BYTES], stats, len(raw) - MAX_LINE_BYTES)
+    return _decode(raw, stats, 0)
 
 
 def _decode(raw: bytes, stats: InputStats, dropped: int) -> str:

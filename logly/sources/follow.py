@@ -28,7 +28,13 @@ from logly.ingest import MetadataEncoder
 from logly.parsers.header import HeaderParser
 from logly.parsers.line import LineParser
 from logly.parsers.rules import RuleSet
-from logly.sources.files import FINGERPRINT_BYTES, MAX_LINE_BYTES, identity_of
+from logly.sources.files import (
+    FINGERPRINT_BYTES,
+    MAX_LINE_BYTES,
+    InputStats,
+    decode_line,
+    identity_of,
+)
 from logly.store.sqlite import BatchHook, SQLiteStore
 
 log = logging.getLogger("logly.follow")
@@ -64,6 +70,7 @@ class OpenFile:
     size: int = 0
     head: bytes = b""  # the first line: copytruncate can refill a file past our offset
     mtime_ns: int = 0
+    cutting: bool = False  # inside a line over MAX_LINE_BYTES: its rest is skipped, as ingest does
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -94,6 +101,7 @@ class Follower:
         self.seen_before = False
         self.behind = False  # the last poll left data unread: batch rather than flush now
         self.events = 0
+        self.stats = InputStats()  # lines with invalid UTF-8, over-long lines cut
         self.errors = 0
 
     # ---- opening ------------------------------------------------------------------------------
@@ -302,14 +310,27 @@ class Follower:
         if len(data) == READ_BYTES:
             self.behind = True
         f.last_growth = time.monotonic()
+        if f.cutting:
+            nl = data.find(b"\n")
+            f.offset += len(data) if nl < 0 else nl + 1
+            if nl < 0:
+                return 0
+            f.cutting = False
+            data = data[nl + 1:]
+            if not data:
+                return 0
         end = data.rfind(b"\n")
         synthetic = False
         if end < 0:
             if final or len(data) >= MAX_LINE_BYTES:
-                # a closed file's last line, or an endless one: take it as it is
+                # a closed file's last line, or an endless one: take it as it is (the endless
+                # one cut: the rest of it is skipped)
                 data += b"\n"
                 end = len(data) - 1
                 synthetic = True
+                if not final:
+                    f.cutting = True
+                    self.stats.truncated += 1
             else:
                 return 0  # a partial line waits for its newline
         parse = f.parser.parse  # type: ignore[union-attr]
@@ -317,6 +338,7 @@ class Follower:
         pos = f.offset
         file_id = f.file_id
         row = self.encode.row
+        stats = self.stats
         lines = data[: end + 1].split(b"\n")
         lines.pop()
         if len(lines) > room:
@@ -324,7 +346,7 @@ class Follower:
             self.behind = True
         for raw in lines:
             nxt = pos + len(raw) + 1
-            text = raw[:MAX_LINE_BYTES].decode("utf-8", "replace")
+            text = decode_line(raw, stats)
             out = parse(text, f.path, pos)
             ev = out.event
             if ev is not None:
