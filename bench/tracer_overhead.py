@@ -290,8 +290,7 @@ def components(rounds: int, execs: int, connects: int, only: str = "") -> None:
     loaded once, then attached only for its own block; the blocks of a round run in a random
     order, and each variant is compared with the no-probe block of the same round (paired)."""
     sys.path.insert(0, str(REPO))
-    from logly.tracer.ebpf import (BPF_DIR, TracerSettings, _import_bcc, probe_cflags,
-                                   sock_offsets)
+    from logly.tracer.ebpf import BPF_DIR, TracerSettings, _import_bcc, probe_cflags, sock_offsets
 
     bcc = _import_bcc()
     src = {n: (BPF_DIR / f"{n}.c").read_text() for n in ("common", "syscalls", "process", "tcp")}

@@ -498,3 +498,31 @@ def test_raw_tcp_probe_records_connections_as_the_classic_tracepoint(
             assert sorted((c[9], c[10]) for c in got[0]) == [(10, 1000), (1000, 10)]
     finally:
         classic.stop()
+
+
+def test_many_live_connections_are_each_found_in_the_kernel_table(tracer: EbpfTracer) -> None:
+    # every socket takes a slot of the set its address hashes to; userspace must find each one
+    # there (bpf/tcp.c conn_claim, ebpf.py _sock_record), and closing frees the slots
+    from logly.tracer.ebpf import SOCK_WAYS, _sock_set
+
+    bits = tracer._sock_bits
+    assert {_sock_set(sk, bits) % SOCK_WAYS for sk in range(1 << 20, 1 << 21, 2368)} == {0}
+    assert max(_sock_set(sk, bits) for sk in range(1 << 40, (1 << 40) + 10**7, 997)) < 1 << bits
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(256)
+    pairs = []
+    try:
+        for _ in range(150):
+            cli = socket.create_connection(srv.getsockname())
+            acc, _ = srv.accept()
+            pairs.append((cli, acc))
+        for cli, _acc in pairs:
+            live = tracer.connections(*cli.getsockname())
+            assert len(live) == 2 and all(c.closed is None for c in live)
+            assert {c.states[-1][1] for c in live} == {"ESTABLISHED"}
+    finally:
+        for cli, acc in pairs:
+            cli.close()
+            acc.close()
+        srv.close()

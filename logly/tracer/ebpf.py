@@ -53,6 +53,17 @@ EVENT_NAMES = {**KIND_NAMES, EV_ARGV: "argv"}  # (a lost argv is counted as a lo
 MAX_PENDING_ARGV = 4096  # argv of execs not yet seen (or failed: a PATH search) by thread
 MAXARGS, ARGLEN, FILENAME_LEN, COMM_LEN, FAIL_SLOTS = 20, 256, 256, 16, 16
 MAX_STATES = 12  # state changes kept per socket (bpf/tcp.c)
+SOCK_WAYS, SOCK_HASH = 4, 0x9E3779B97F4A7C15  # the live sockets' table (bpf/tcp.c)
+
+
+def sock_bits(max_connections: int) -> int:
+    """log2 of the slots of the live sockets' table: at least max_connections."""
+    return max(max_connections - 1, SOCK_WAYS - 1).bit_length()
+
+
+def _sock_set(sk: int, bits: int) -> int:
+    """The first slot of the set a socket's kernel address hashes to (bpf/tcp.c, sock_set)."""
+    return ((sk * SOCK_HASH) & 0xFFFFFFFFFFFFFFFF) >> (64 - bits) & ~(SOCK_WAYS - 1)
 
 
 # ---- settings ([tracer] in the config) --------------------------------------------------------
@@ -192,7 +203,8 @@ def probe_cflags(s: TracerSettings) -> tuple[list[str], str | None]:
     """The compile flags for bpf/*.c under these settings, and why the TCP probe is the classic
     tracepoint (None: it is the raw one)."""
     cflags = [f"-DRINGBUF_PAGES={s.ringbuf_pages}", f"-DFAIL_PIDS={s.failed_pids}",
-              f"-DMAX_SOCKS={s.max_connections}", f"-DMAX_STATES={MAX_STATES}",
+              f"-DMAX_SOCKS={s.max_connections}",
+              f"-DSOCK_BITS={sock_bits(s.max_connections)}", f"-DMAX_STATES={MAX_STATES}",
               f"-DMAXARGS={MAXARGS}", f"-DARGLEN={ARGLEN}"]
     if not s.failed_syscalls:
         cflags.append("-DNO_FAILED")
@@ -568,6 +580,7 @@ class EbpfTracer(ProcfsTracer):
         self._traced: Any = None
         self._endpoints: Any = None
         self._socks: Any = None
+        self._sock_bits = sock_bits(s.max_connections)
         self._lookup: Any = None
         self._slow_fds: list[int] = []  # the slow-syscall pair, attached on the first watch()
         self._thread: threading.Thread | None = None
@@ -782,10 +795,20 @@ class EbpfTracer(ProcfsTracer):
             return []
         out: list[Conn] = []
         for sk in {socks.local, socks.remote} - {0}:
-            conn = _ConnT()
-            if self._lookup(self._socks.map_fd, ct.byref(ct.c_uint64(sk)), ct.byref(conn)) == 0:
+            conn = self._sock_record(sk)
+            if conn is not None:
                 out.append(self._conn(conn))
         return out
+
+    def _sock_record(self, sk: int) -> _ConnT | None:
+        """A live socket's record: in one of the slots of its set in the kernel's table."""
+        conn, fd = _ConnT(), self._socks.map_fd
+        base = _sock_set(sk, self._sock_bits)
+        for k in range(base, base + SOCK_WAYS):
+            if self._lookup(fd, ct.byref(ct.c_uint32(k)), ct.byref(conn)) == 0 \
+                    and conn.skaddr == sk:
+                return conn
+        return None
 
     def _slow(self, e: _SlowEv) -> None:
         info = self.cache.get(e.pid)

@@ -60,9 +60,71 @@ struct tcp_ev {
     struct conn_t c;
 };
 
-// LRU: a socket whose close we never see (opened before we attached, say) falls out in time.
-BPF_TABLE("lru_hash", u64, struct conn_t, socks, MAX_SOCKS);
+// Live sockets' records: a table of 2^SOCK_BITS slots (>= MAX_SOCKS), not a hash map. A socket
+// may take one of the SOCK_WAYS slots of the set its kernel address hashes to, claimed with one
+// compare-and-swap of `skaddr` and freed by zeroing it when the socket closes. An array slot is
+// found by address arithmetic the verifier inlines, with no helper call, hash function, lock or
+// element allocation: next to a hash map's lookup, insert and delete this takes the largest
+// part of the probe's cost away (bench/tracer_overhead.py --components). Userspace finds a
+// socket's record the same way (ebpf.py, _sock_set).
+#ifndef SOCK_BITS
+#define SOCK_BITS 16
+#endif
+#define SOCK_WAYS 4
+#define SOCK_HASH 0x9E3779B97F4A7C15ULL  // Fibonacci hashing: sockets are slab objects, their
+                                        // addresses differ by multiples of the object size
+BPF_ARRAY(socks, struct conn_t, 1 << SOCK_BITS);
+// LRU: an endpoint whose socket we never see close falls out in time.
 BPF_TABLE("lru_hash", struct endpoint_t, struct ep_socks_t, endpoints, MAX_SOCKS);
+
+static __always_inline u32 sock_set(u64 sk)
+{
+    return (u32)((sk * SOCK_HASH) >> (64 - SOCK_BITS)) & ~(u32)(SOCK_WAYS - 1);
+}
+
+static __always_inline struct conn_t *conn_find(u64 sk)
+{
+    u32 base = sock_set(sk);
+#pragma unroll
+    for (u32 w = 0; w < SOCK_WAYS; w++) {
+        u32 k = base + w;
+        struct conn_t *c = socks.lookup(&k);
+        if (c && c->skaddr == sk)
+            return c;
+    }
+    return NULL;
+}
+
+// A slot for a new socket: a free one of its set, else the one whose socket changed state
+// longest ago (a socket whose close we never saw, or, with the table full, the least recently
+// active one: its record is lost, as an LRU map would lose it). NULL when racing CPUs took them.
+static __always_inline struct conn_t *conn_claim(u64 sk)
+{
+    u32 base = sock_set(sk);
+    struct conn_t *oldest = NULL;
+    u64 oldest_sk = 0, oldest_ts = 0;
+#pragma unroll
+    for (u32 w = 0; w < SOCK_WAYS; w++) {
+        u32 k = base + w;
+        struct conn_t *c = socks.lookup(&k);
+        if (!c)
+            continue;
+        u64 cur = c->skaddr;
+        if (cur == 0) {
+            if (__sync_val_compare_and_swap(&c->skaddr, 0, sk) == 0)
+                return c;
+            continue;
+        }
+        if (!oldest || c->last_ts < oldest_ts) {
+            oldest = c;
+            oldest_sk = cur;
+            oldest_ts = c->last_ts;
+        }
+    }
+    if (oldest && __sync_val_compare_and_swap(&oldest->skaddr, oldest_sk, sk) == oldest_sk)
+        return oldest;
+    return NULL;
+}
 
 static __always_inline void endpoint_key(struct endpoint_t *ep, u8 *addr, u16 port, u16 family)
 {
@@ -129,9 +191,9 @@ static __always_inline void unindex_endpoint(struct conn_t *c, int remote, u64 s
 }
 
 // The steps every state change takes, whichever hook runs them (below): a new socket's record,
-// the change itself, then storing, indexing or closing. One map lookup per state change (plus
-// one insert for a new socket, one delete when it closes), one endpoint index update per
-// socket, and the helpers only where they are needed: this runs ~10 times per connection.
+// the change itself, then storing, indexing or closing. One table lookup per state change (plus
+// a slot claimed for a new socket, freed when it closes), one endpoint index update per socket,
+// and the helpers only where they are needed: this runs ~10 times per connection.
 static __always_inline struct conn_t *conn_new(struct conn_t *fresh, u64 sk, int oldstate,
                                                u64 now)
 {
@@ -170,9 +232,13 @@ static __always_inline int conn_done(struct conn_t *c, bool is_new, u64 sk, int 
                                      int newstate)
 {
     if (newstate != ST_CLOSE) {
-        if (is_new && socks.update(&sk, c) != 0) {
-            count_lost(EV_TCP);
-            return 0;
+        if (is_new) {
+            struct conn_t *slot = conn_claim(sk);
+            if (!slot) {
+                count_lost(EV_TCP);
+                return 0;
+            }
+            __builtin_memcpy(slot, c, sizeof(*slot));
         }
         // the socket's own endpoint is known once it is established
         if (newstate == ST_ESTABLISHED && oldstate == ST_SYN_RECV && c->dport)
@@ -197,7 +263,7 @@ static __always_inline int conn_done(struct conn_t *c, bool is_new, u64 sk, int 
         unindex_endpoint(c, 1, sk);
     else if (c->states[0] == ST_SYN_SENT && c->sport)
         unindex_endpoint(c, 0, sk);
-    socks.delete(&sk);
+    c->skaddr = 0;  // the slot is free
     return 0;
 }
 
@@ -236,7 +302,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     int oldstate = (int)ctx->args[1];
     int newstate = (int)ctx->args[2];
     struct conn_t fresh;
-    struct conn_t *c = socks.lookup(&sk);
+    struct conn_t *c = conn_find(sk);
     bool is_new = !c;
     if (is_new) {
 #if SK_PROTO_SIZE == 1
@@ -265,7 +331,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     u64 sk = (u64)args->skaddr;
     u64 now = bpf_ktime_get_ns();
     struct conn_t fresh;
-    struct conn_t *c = socks.lookup(&sk);
+    struct conn_t *c = conn_find(sk);
     bool is_new = !c;
     if (is_new)
         c = conn_new(&fresh, sk, args->oldstate, now);
@@ -290,12 +356,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 // Bytes through each traced socket, from the socket layer's send/receive tracepoints (kernel
 // 6.3+), as raw tracepoints: their arguments are (struct sock *sk, int ret, int flags), `ret`
 // what sendmsg/recvmsg returned. No socket field is read: a socket not in `socks` (not TCP, or
-// not traced) is simply not counted, after one map lookup. A peek (MSG_PEEK, flags & 2)
+// not traced) is simply not counted, after one table lookup. A peek (MSG_PEEK, flags & 2)
 // consumes nothing.
 #define MSG_PEEK_FLAG 2
 static __always_inline void count_bytes(u64 sk, int ret, int recv)
 {
-    struct conn_t *c = socks.lookup(&sk);
+    struct conn_t *c = conn_find(sk);
     if (!c)
         return;
     if (recv)
