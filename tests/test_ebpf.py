@@ -518,8 +518,9 @@ def test_many_live_connections_are_each_found_in_the_kernel_table(tracer: EbpfTr
             acc, _ = srv.accept()
             pairs.append((cli, acc))
         for cli, _acc in pairs:
-            live = tracer.connections(*cli.getsockname())
-            assert len(live) == 2 and all(c.closed is None for c in live)
+            # (closed sockets that had the same client port earlier are found too)
+            live = [c for c in tracer.connections(*cli.getsockname()) if c.closed is None]
+            assert len(live) == 2, (cli.getsockname(), live)
             assert {c.states[-1][1] for c in live} == {"ESTABLISHED"}
     finally:
         for cli, acc in pairs:

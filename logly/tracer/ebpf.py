@@ -18,6 +18,7 @@ import contextlib
 import ctypes as ct
 import errno
 import logging
+import mmap
 import os
 import socket
 import struct
@@ -64,6 +65,14 @@ def sock_bits(max_connections: int) -> int:
 def _sock_set(sk: int, bits: int) -> int:
     """The first slot of the set a socket's kernel address hashes to (bpf/tcp.c, sock_set)."""
     return ((sk * SOCK_HASH) & 0xFFFFFFFFFFFFFFFF) >> (64 - bits) & ~(SOCK_WAYS - 1)
+
+
+def _ep_set(addr: bytes, port: int, bits: int) -> int:
+    """The first slot of an endpoint's set in the endpoint table (bpf/tcp.c, ep_set); `addr`
+    as _addr_key gives it."""
+    lo, hi = struct.unpack("<QQ", addr)
+    h = ((lo ^ ((hi * SOCK_HASH) & 0xFFFFFFFFFFFFFFFF) ^ port) * SOCK_HASH) & 0xFFFFFFFFFFFFFFFF
+    return h >> (64 - bits) & ~(SOCK_WAYS - 1)
 
 
 # ---- settings ([tracer] in the config) --------------------------------------------------------
@@ -203,7 +212,6 @@ def probe_cflags(s: TracerSettings) -> tuple[list[str], str | None]:
     """The compile flags for bpf/*.c under these settings, and why the TCP probe is the classic
     tracepoint (None: it is the raw one)."""
     cflags = [f"-DRINGBUF_PAGES={s.ringbuf_pages}", f"-DFAIL_PIDS={s.failed_pids}",
-              f"-DMAX_SOCKS={s.max_connections}",
               f"-DSOCK_BITS={sock_bits(s.max_connections)}", f"-DMAX_STATES={MAX_STATES}",
               f"-DMAXARGS={MAXARGS}", f"-DARGLEN={ARGLEN}"]
     if not s.failed_syscalls:
@@ -289,13 +297,9 @@ class _ConnT(ct.Structure):
                 ("bytes_recv", ct.c_uint64)]
 
 
-class _Endpoint(ct.Structure):
-    _fields_ = [("addr", ct.c_uint8 * 16), ("port", ct.c_uint16), ("pad1", ct.c_uint16),
-                ("pad2", ct.c_uint32)]
-
-
-class _EpSocks(ct.Structure):
-    _fields_ = [("local", ct.c_uint64), ("remote", ct.c_uint64)]
+class _EpSlot(ct.Structure):
+    _fields_ = [("addr", ct.c_uint8 * 16), ("port", ct.c_uint16), ("remote", ct.c_uint16),
+                ("pad", ct.c_uint32), ("sk", ct.c_uint64)]
 
 
 class _TcpEv(ct.Structure):
@@ -303,6 +307,8 @@ class _TcpEv(ct.Structure):
 
 
 _TCP_C, _CONN_SIZE = _TcpEv.c.offset, ct.sizeof(_ConnT)
+_EP_SLOT = struct.Struct("<16sHHIQ")  # _EpSlot, unpacked without a ctypes object per slot
+assert _EP_SLOT.size == ct.sizeof(_EpSlot)
 
 
 class _SlowEv(ct.Structure):
@@ -581,7 +587,11 @@ class EbpfTracer(ProcfsTracer):
         self._endpoints: Any = None
         self._socks: Any = None
         self._sock_bits = sock_bits(s.max_connections)
-        self._lookup: Any = None
+        self._lookup_batch: Any = None
+        self._ep_mem: mmap.mmap | None = None
+        self._slot_lock = threading.Lock()
+        self._slot_buf = ((ct.c_uint32 * SOCK_WAYS)(), ct.create_string_buffer(
+            _CONN_SIZE * SOCK_WAYS), ct.c_uint32(), ct.c_uint32(), ct.c_uint32())
         self._slow_fds: list[int] = []  # the slow-syscall pair, attached on the first watch()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -616,8 +626,12 @@ class EbpfTracer(ProcfsTracer):
         self._failed = self.bpf[b"failed"]
         self._traced = self.bpf[b"traced"]
         self._endpoints = self.bpf[b"endpoints"]
+        # read on every log line that names an address and port: mapped, a lookup is a memory
+        # read (its 2 MB count in our RSS, though the kernel holds them either way)
+        self._ep_mem = mmap.mmap(self._endpoints.map_fd, _EP_SLOT.size << self._sock_bits,
+                                 mmap.MAP_SHARED, mmap.PROT_READ)
         self._socks = self.bpf[b"socks"]
-        self._lookup = bcc.libbcc.lib.bpf_lookup_elem
+        self._lookup_batch = bcc.libbcc.lib.bpf_lookup_batch
         self._mono_to_epoch = time.time() - time.monotonic()
         self.bpf[b"events"].open_ring_buffer(self._on_event)
         self._seed()  # after attaching: a process started in between is seen by both
@@ -640,6 +654,10 @@ class EbpfTracer(ProcfsTracer):
             self.bpf.cleanup()
             self.bpf = None
             self._failed = self._traced = self._endpoints = self._socks = None
+        if self._ep_mem is not None:
+            self._ep_mem.close()
+            self._ep_mem = None
+
 
     def _seed(self) -> None:
         for pid in live_pids():
@@ -784,31 +802,42 @@ class EbpfTracer(ProcfsTracer):
                     bytes_recv=c.bytes_recv if self._tcp_bytes else None)
 
     def _live_conns(self, addr: str, port: int) -> list[Conn]:
-        # raw map lookups: one syscall each, without the per-call Python of bcc's tables
         raw = _addr_key(addr)
-        if raw is None:
-            return []
-        key, socks = _Endpoint(), _EpSocks()
-        ct.memmove(key.addr, raw, 16)
-        key.port = port
-        if self._lookup(self._endpoints.map_fd, ct.byref(key), ct.byref(socks)) < 0:
+        mem = self._ep_mem
+        if raw is None or mem is None:
             return []
         out: list[Conn] = []
-        for sk in {socks.local, socks.remote} - {0}:
+        base = _ep_set(raw, port, self._sock_bits) * _EP_SLOT.size
+        for a, p, _remote, _pad, sk in _EP_SLOT.iter_unpack(
+                mem[base:base + _EP_SLOT.size * SOCK_WAYS]):
+            if not sk or p != port or a != raw:
+                continue
+            # (a slot is claimed before its endpoint is written: the record must agree)
             conn = self._sock_record(sk)
-            if conn is not None:
+            if conn is not None and _endpoint_key(addr, port) in _rec_keys(bytes(conn)):
                 out.append(self._conn(conn))
         return out
 
     def _sock_record(self, sk: int) -> _ConnT | None:
         """A live socket's record: in one of the slots of its set in the kernel's table."""
-        conn, fd = _ConnT(), self._socks.map_fd
-        base = _sock_set(sk, self._sock_bits)
-        for k in range(base, base + SOCK_WAYS):
-            if self._lookup(fd, ct.byref(ct.c_uint32(k)), ct.byref(conn)) == 0 \
-                    and conn.skaddr == sk:
-                return conn
+        slots = self._slots(self._socks.map_fd, _sock_set(sk, self._sock_bits), _CONN_SIZE)
+        for off in range(0, len(slots), _CONN_SIZE):
+            if int.from_bytes(slots[off:off + 8], "little") == sk:
+                return _ConnT.from_buffer_copy(slots, off)
         return None
+
+    def _slots(self, fd: int, base: int, size: int) -> bytes:
+        """The SOCK_WAYS slots of a set (from `base`) of one of the kernel's tables, as bytes,
+        in one batch lookup: one syscall, without the per-call Python of bcc's tables. (A
+        batch starts after the index it is given.)"""
+        with self._slot_lock:
+            keys, values, count, after, start = self._slot_buf
+            count.value = SOCK_WAYS
+            start.value = base - 1
+            if self._lookup_batch(fd, ct.byref(start) if base else None, ct.byref(after), keys,
+                                  values, ct.byref(count)) < 0 and ct.get_errno() != errno.ENOENT:
+                return b""
+            return ct.string_at(values, count.value * size)
 
     def _slow(self, e: _SlowEv) -> None:
         info = self.cache.get(e.pid)

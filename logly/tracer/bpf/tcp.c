@@ -19,9 +19,6 @@
 #ifndef MAX_STATES
 #define MAX_STATES 12
 #endif
-#ifndef MAX_SOCKS
-#define MAX_SOCKS 65536
-#endif
 
 struct conn_t {
     u64 skaddr;
@@ -49,9 +46,13 @@ struct endpoint_t {
     u16 pad1;
     u32 pad2;
 };
-struct ep_socks_t {
-    u64 local;   // the socket whose own endpoint this is
-    u64 remote;  // the socket whose peer this is
+// a slot of the endpoint table: a socket (0: free) and the endpoint it is found by
+struct ep_slot_t {
+    u8 addr[16];
+    u16 port;
+    u16 remote;  // 1: the endpoint is the socket's peer (a server's socket), 0: its own side
+    u32 pad;
+    u64 sk;
 };
 
 struct tcp_ev {
@@ -74,8 +75,13 @@ struct tcp_ev {
 #define SOCK_HASH 0x9E3779B97F4A7C15ULL  // Fibonacci hashing: sockets are slab objects, their
                                         // addresses differ by multiples of the object size
 BPF_ARRAY(socks, struct conn_t, 1 << SOCK_BITS);
-// LRU: an endpoint whose socket we never see close falls out in time.
-BPF_TABLE("lru_hash", struct endpoint_t, struct ep_socks_t, endpoints, MAX_SOCKS);
+// Live sockets by endpoint, for userspace, which maps this table (a lookup on every log line
+// that names an address and port is a memory read, not a syscall): a table as `socks`, its
+// sets chosen by a hash of the address and port. An
+// endpoint may sit in several slots (a newer socket on it before the older one closed), each
+// found by userspace, which then reads the socket's record and checks its endpoint.
+#define EP_BITS SOCK_BITS
+BPF_F_TABLE("array", u32, struct ep_slot_t, endpoints, 1 << EP_BITS, BPF_F_MMAPABLE);
 
 static __always_inline u32 sock_set(u64 sk)
 {
@@ -154,40 +160,56 @@ static __always_inline void own_endpoint(struct endpoint_t *ep, struct conn_t *c
         endpoint_key(ep, c->saddr, c->sport, c->family);
 }
 
+static __always_inline u32 ep_set(struct endpoint_t *ep)
+{
+    u64 lo = *(u64 *)ep->addr, hi = *(u64 *)(ep->addr + 8);
+    u64 h = (lo ^ (hi * SOCK_HASH) ^ ep->port) * SOCK_HASH;
+    return (u32)(h >> (64 - EP_BITS)) & ~(u32)(SOCK_WAYS - 1);
+}
+
+// A free slot of the endpoint's set, else its last slot if that one's socket has no record any
+// more (its close was never seen); with neither, the socket is not indexed (it is found again
+// once it closes).
 static __always_inline void index_endpoint(struct conn_t *c, int remote, u64 sk)
 {
     struct endpoint_t ep = {};
     own_endpoint(&ep, c, remote);
-    struct ep_socks_t *v = endpoints.lookup(&ep);
-    if (v) {
-        if (remote)
-            v->remote = sk;
-        else
-            v->local = sk;
-        return;
+    u32 base = ep_set(&ep);
+    struct ep_slot_t *take = NULL;
+#pragma unroll
+    for (u32 w = 0; w < SOCK_WAYS; w++) {
+        u32 k = base + w;
+        struct ep_slot_t *e = endpoints.lookup(&k);
+        if (!e)
+            continue;
+        u64 old = e->sk;
+        if ((old == 0 || (w == SOCK_WAYS - 1 && !conn_find(old))) &&
+            __sync_val_compare_and_swap(&e->sk, old, sk) == old) {
+            take = e;
+            break;
+        }
     }
-    struct ep_socks_t fresh = {};
-    if (remote)
-        fresh.remote = sk;
-    else
-        fresh.local = sk;
-    endpoints.update(&ep, &fresh);
+    if (!take)
+        return;
+    __builtin_memcpy(take->addr, ep.addr, 16);
+    take->port = ep.port;
+    take->remote = remote;
 }
 
 static __always_inline void unindex_endpoint(struct conn_t *c, int remote, u64 sk)
 {
     struct endpoint_t ep = {};
     own_endpoint(&ep, c, remote);
-    struct ep_socks_t *v = endpoints.lookup(&ep);
-    if (!v)
-        return;
-    // the endpoint may already belong to a newer socket: only clear our own entry
-    if (remote && v->remote == sk)
-        v->remote = 0;
-    if (!remote && v->local == sk)
-        v->local = 0;
-    if (!v->local && !v->remote)
-        endpoints.delete(&ep);
+    u32 base = ep_set(&ep);
+#pragma unroll
+    for (u32 w = 0; w < SOCK_WAYS; w++) {
+        u32 k = base + w;
+        struct ep_slot_t *e = endpoints.lookup(&k);
+        if (e && e->sk == sk) {
+            __sync_val_compare_and_swap(&e->sk, sk, 0);
+            return;
+        }
+    }
 }
 
 // The steps every state change takes, whichever hook runs them (below): a new socket's record,
