@@ -459,9 +459,11 @@ class ConnCache:
         self.closed: collections.deque[tuple[float, bytes | Conn]] = collections.deque()
         self.evicted = 0
 
-    def add(self, rec: bytes | Conn, closed: float | None = None) -> None:
+    def add(self, rec: bytes | Conn, closed: float | None = None,
+            keys: list[int] | None = None) -> None:
+        """Keep a closed socket; `keys`: its endpoints' keys if the caller has them (_rec_keys)."""
         index = self.index
-        for key in _rec_keys(rec):
+        for key in _rec_keys(rec) if keys is None else set(keys):
             have = index.get(key)
             if have is None:
                 index[key] = rec
@@ -513,6 +515,9 @@ class ConnCache:
 
 _C_OFF = {name: getattr(_ConnT, name).offset for name in ("sport", "saddr", "last_ts")}
 _PORTS = struct.Struct("<HHH")  # sport, dport, family (contiguous in conn_t)
+_TCP_HEAD = struct.Struct("<Q8xHHH")  # from last_ts: last_ts, (pid, nstates), sport, dport, family
+_V4_ADDRS = struct.Struct(">I12xI")  # from saddr: the IPv4 saddr and daddr, as ints
+assert _C_OFF["sport"] - _C_OFF["last_ts"] == 16
 
 
 def _key_of(family: int, addr: bytes, port: int) -> int:
@@ -695,7 +700,7 @@ class EbpfTracer(ProcfsTracer):
     # ---- events -------------------------------------------------------------------------------
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> int:
         try:
-            kind = ct.cast(data, ct.POINTER(ct.c_uint32))[0]
+            kind = ct.c_uint32.from_address(data).value
             with self._lock:
                 if kind == EV_EXEC:
                     self._exec(ct.cast(data, ct.POINTER(_ExecEv)).contents)
@@ -779,9 +784,18 @@ class EbpfTracer(ProcfsTracer):
             self.cache.mark_exit(e.pid, when, e.code if e.has_code else None)
 
     def _tcp(self, data: int) -> None:
-        raw = ct.string_at(data + _TCP_C, _CONN_SIZE)  # decoded if a lookup ever finds it
-        last_ts = int.from_bytes(raw[_C_OFF["last_ts"]:_C_OFF["last_ts"] + 8], "little")
-        self.conns.add(raw, self._epoch(last_ts))
+        # one of these per closed socket, tens of thousands a second on a busy server: the
+        # record is kept as bytes (decoded if a lookup ever finds it), an IPv4 one's keys made
+        # from one unpack
+        raw = ct.string_at(data + _TCP_C, _CONN_SIZE)
+        last_ts, sport, dport, family = _TCP_HEAD.unpack_from(raw, _C_OFF["last_ts"])
+        keys = None
+        if family == socket.AF_INET:  # as _key_of makes them
+            saddr, daddr = _V4_ADDRS.unpack_from(raw, _C_OFF["saddr"])
+            keys = [saddr << 16 | sport] if sport else []
+            if dport:
+                keys.append(daddr << 16 | dport)
+        self.conns.add(raw, last_ts / 1e9 + self._mono_to_epoch, keys)
 
     def _conn(self, c: _ConnT) -> Conn:
         n = min(c.nstates, MAX_STATES)
