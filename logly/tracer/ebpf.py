@@ -159,20 +159,22 @@ def _has_tracepoint(category: str, event: str) -> bool:
     return any(Path(root, "events", category, event).is_dir() for root in TRACEFS)
 
 
-# The socket fields the raw inet_sock_set_state probe reads (bpf/tcp.c), named as the classic
-# tracepoint's record takes them (include/trace/events/sock.h), as members of struct inet_sock,
-# with the sizes a probe may read them as, and the span they are read in: each span is one
-# bpf_probe_read_kernel (a helper call costs more than the bytes it copies). Offsets come from
-# the running kernel's BTF; a span's fields get offsets within it.
+# The socket fields the raw inet_sock_set_state probe reads (bpf/tcp.c), as members of struct
+# inet_sock, with the sizes a probe may read them as, and the span they are read in: each span
+# is one bpf_probe_read_kernel (a helper call costs more than the bytes it copies). Offsets come
+# from the running kernel's BTF; a span's fields get offsets within it. The classic tracepoint
+# takes the local address and port from inet_saddr and inet_sport (include/trace/events/sock.h);
+# these are the same values in struct sock_common (skc_rcv_saddr; skc_num, in host order),
+# which a TCP socket sets together with them, so that one read gets every endpoint field.
 SOCK_FIELDS = {
     "SK_PROTO": ("sk.sk_protocol", (1, 2), ""),  # a u16 since 5.6; a byte-wide bitfield before
     "SK_FAMILY": ("sk.__sk_common.skc_family", (2,), "SKC"),
     "SK_DPORT": ("sk.__sk_common.skc_dport", (2,), "SKC"),
+    "SK_SPORT": ("sk.__sk_common.skc_num", (2,), "SKC"),
     "SK_DADDR": ("sk.__sk_common.skc_daddr", (4,), "SKC"),
+    "SK_SADDR": ("sk.__sk_common.skc_rcv_saddr", (4,), "SKC"),
     "SK_SADDR6": ("sk.__sk_common.skc_v6_rcv_saddr", (16,), "SKC"),
     "SK_DADDR6": ("sk.__sk_common.skc_v6_daddr", (16,), "SKC"),
-    "SK_SPORT": ("inet_sport", (2,), "INET"),
-    "SK_SADDR": ("inet_saddr", (4,), "INET"),
 }
 MAX_SPAN = 128  # bytes of BPF stack a span may take
 
@@ -196,7 +198,7 @@ def sock_offsets(btf_path: Path | None = None) -> tuple[list[str], str | None]:
     except btf.BtfError as exc:
         return [], str(exc)
     flags = [f"-DSK_PROTO_OFF={found['SK_PROTO'][0]}", f"-DSK_PROTO_SIZE={found['SK_PROTO'][1]}"]
-    for span in ("SKC", "INET"):
+    for span in sorted({sp for _p, _s, sp in SOCK_FIELDS.values() if sp}):
         fields = {m: found[m] for m, (_p, _s, sp) in SOCK_FIELDS.items() if sp == span}
         lo = min(off for off, _ in fields.values()) & ~7
         hi = max(off + size for off, size in fields.values())

@@ -295,22 +295,20 @@ static __always_inline int conn_done(struct conn_t *c, bool is_new, u64 sk, int 
 // record (which reads a dozen socket fields, addresses included, on every change). The few
 // fields needed are read here at byte offsets taken from the running kernel's BTF by
 // logly/tracer/ebpf.py (sock_offsets; never from the headers), and only when needed: the
-// protocol when a socket is first seen (a socket in `socks` is TCP), the endpoints (two spans
-// of the socket, one read each) as conn_step says.
+// protocol when a socket is first seen (a socket in `socks` is TCP), the endpoints (one span
+// of struct sock_common, one read) as conn_step says.
 static __always_inline void conn_ends(struct conn_t *c, u64 sk)
 {
-    u64 skc[SKC_SPAN_LEN / 8];    // struct sock_common: family, peer port, addresses
-    u64 inet[INET_SPAN_LEN / 8];  // struct inet_sock: own port and source address
-    if (bpf_probe_read_kernel(skc, sizeof(skc), (void *)(sk + SKC_SPAN_OFF)) ||
-        bpf_probe_read_kernel(inet, sizeof(inet), (void *)(sk + INET_SPAN_OFF)))
+    u64 skc[SKC_SPAN_LEN / 8];  // family, ports, addresses
+    if (bpf_probe_read_kernel(skc, sizeof(skc), (void *)(sk + SKC_SPAN_OFF)))
         return;
-    u8 *a = (u8 *)skc, *b = (u8 *)inet;
+    u8 *a = (u8 *)skc;
     u16 family = *(u16 *)(a + SK_FAMILY_OFF);
     c->family = family;
-    c->sport = __builtin_bswap16(*(u16 *)(b + SK_SPORT_OFF));  // network order in the socket
-    c->dport = __builtin_bswap16(*(u16 *)(a + SK_DPORT_OFF));
+    c->sport = *(u16 *)(a + SK_SPORT_OFF);                      // skc_num: host order
+    c->dport = __builtin_bswap16(*(u16 *)(a + SK_DPORT_OFF));  // network order
     if (family == FAMILY_INET) {
-        __builtin_memcpy(c->saddr, b + SK_SADDR_OFF, 4);
+        __builtin_memcpy(c->saddr, a + SK_SADDR_OFF, 4);
         __builtin_memcpy(c->daddr, a + SK_DADDR_OFF, 4);
     } else {
         __builtin_memcpy(c->saddr, a + SK_SADDR6_OFF, 16);
