@@ -72,7 +72,8 @@ def tracer_child() -> None:
     sys.path.insert(0, str(REPO))
     from logly.tracer.ebpf import EbpfTracer, TracerSettings
 
-    t = EbpfTracer(TracerSettings(failed_syscalls=os.environ.get("BENCH_NO_FAILED") != "1"))
+    t = EbpfTracer(TracerSettings(failed_syscalls=os.environ.get("BENCH_NO_FAILED") != "1",
+                                  drain_ms=float(os.environ.get("BENCH_DRAIN_MS", "50"))))
     t.start()
     probes = Probes(t.bpf)
     print("ready", flush=True)
@@ -80,6 +81,7 @@ def tracer_child() -> None:
         cmd, _, arg = line.strip().partition(" ")
         if cmd == "stats":
             since = float(arg or 0)
+            t.sync()  # (with a long --drain-ms, the events are handled here)
             ru = resource.getrusage(resource.RUSAGE_SELF)
             st = t.stats()
             with open("/proc/self/status", encoding="ascii") as f:
@@ -415,6 +417,10 @@ def main() -> int:
     ap.add_argument("--no-failed-syscalls", action="store_true",
                     help="tracer without the raw_syscalls:sys_exit probe ([tracer] "
                     "failed_syscalls = false), to see what that probe costs")
+    ap.add_argument("--drain-ms", type=float, default=50.0,
+                    help="the tracer's drain period ([tracer] drain_ms); a long one (10000) "
+                    "leaves its Python idle during the timed blocks (it drains between them), "
+                    "to tell its interference on this small VM from the probes' in-kernel cost")
     ap.add_argument("--components", action="store_true",
                     help="only the A/B of each probe set (and empty programs) by workload CPU")
     ap.add_argument("--prog-time", action="store_true",
@@ -437,6 +443,7 @@ def main() -> int:
         return 0
     if a.no_failed_syscalls:
         os.environ["BENCH_NO_FAILED"] = "1"  # read by the tracer child
+    os.environ["BENCH_DRAIN_MS"] = str(a.drain_ms)
 
     times: dict[str, dict[str, list[float]]] = {w: {"off": [], "on": []}
                                                 for w in ("exec", "connect", "send")}

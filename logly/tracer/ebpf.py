@@ -1,9 +1,11 @@
 """The eBPF tracer: process, TCP and syscall context from kernel tracepoints (BCC).
 
 The C in bpf/*.c attaches to sched:sched_process_{fork,exec,exit}, syscalls:sys_enter_execve
-(argv), syscalls:sys_enter_exit_group (exit code), sock:inet_sock_set_state and, as raw
-tracepoints, sys_exit (failed syscalls) and, once a pid is watched, sys_enter + sys_exit (slow
-syscalls); events come through one BPF ring buffer drained by a thread of ours. The caches
+(argv), syscalls:sys_enter_exit_group (exit code) and, as raw tracepoints, inet_sock_set_state
+(TCP; socket fields at offsets from the kernel's BTF, else the classic sock: tracepoint),
+sock_{send,recv}_length (bytes), sys_exit (failed syscalls) and, once a pid is watched,
+sys_enter + sys_exit (slow syscalls); events come through one BPF ring buffer drained by a
+thread of ours. The caches
 here outlive the processes and sockets by `keep_seconds`, so a log line written by a process
 that has already exited still finds its exe, argv, parent and exit code.
 

@@ -1,7 +1,9 @@
 // Shared by every probe: one ring buffer (events carry a kind in their first field, decoded by
 // logly/tracer/ebpf.py) and per-kind counters of events the ring buffer had no room for.
 // Only tracepoints: their arguments come from tracefs, so they are right whatever the version
-// of the kernel headers BCC compiles against. Never read task_struct or sock fields here.
+// of the kernel headers BCC compiles against. Never read task_struct or sock fields at offsets
+// from the headers: the raw TCP probe (tcp.c) reads socket fields at offsets from the running
+// kernel's BTF, passed in by ebpf.py.
 #include <uapi/linux/ptrace.h>
 
 #define COMM_LEN 16

@@ -1,7 +1,9 @@
-// TCP connections (tcplife style) from sock:inet_sock_set_state, aggregated in the kernel: the
-// state history of each live socket is kept in `socks` (by the socket's kernel address), its
-// own endpoint in `endpoints`, and one event goes to userspace when the socket closes. Userspace
-// reads live sockets from the maps when a log line names one of their endpoints. At tens of
+// TCP connections (tcplife style) from inet_sock_set_state (a raw tracepoint reading the socket
+// at offsets from the kernel's BTF; the classic sock: tracepoint without BTF), aggregated in the
+// kernel: the state history of each live socket is kept in `socks` (by the socket's kernel
+// address), its own endpoint in `endpoints`, and one event goes to userspace when the socket
+// closes. Userspace reads live sockets from the tables when a log line names one of their
+// endpoints. At tens of
 // thousands of connections per second, one event per socket instead of one per state change
 // is what keeps the tracer's own CPU small.
 // The pid is whoever runs when the state changes: the connecting process for SYN_SENT, the
