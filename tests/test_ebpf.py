@@ -496,6 +496,19 @@ def test_raw_tcp_probe_records_connections_as_the_classic_tracepoint(
             assert {c[3] for c in got[0]} == {caddr}  # both sockets, by their own addresses
             assert sorted(c[7][-1] for c in got[0]) == ["CLOSE", "CLOSE"]
             assert sorted((c[9], c[10]) for c in got[0]) == [(10, 1000), (1000, 10)]
+        # a refused connect (SYN_SENT, then CLOSE): its endpoints are read at CLOSE, when the
+        # kernel has already released the local port from sock_common (inet_sock keeps it)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+        probe.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", dead))
+        for t in (tracer, classic):
+            assert _wait_for(lambda t=t: any(c.closed for c in t.connections("127.0.0.1", dead)))
+        got = [sorted(map(_conn_view, t.connections("127.0.0.1", dead))) for t in (tracer, classic)]
+        assert got[1] and [c for c in got[0] if c in got[1]] == got[1]
+        assert all(c[4] and c[3] == "127.0.0.1" for c in got[1])  # the local port and address
     finally:
         classic.stop()
 
@@ -527,3 +540,37 @@ def test_many_live_connections_are_each_found_in_the_kernel_table(tracer: EbpfTr
             cli.close()
             acc.close()
         srv.close()
+
+
+def test_a_full_socket_table_evicts_but_every_close_is_recorded(tracer: EbpfTracer) -> None:
+    # 8 slots (2 sets of 4) for 40 sockets: sockets evict one another's records; one seen
+    # again later takes a slot back, reads its endpoints at CLOSE, and every close still
+    # reaches userspace (which keeps the last 8: max_connections bounds that cache too)
+    small = EbpfTracer(TracerSettings(keep_seconds=120, max_connections=8,
+                                      failed_syscalls=False))
+    small.start()
+    try:
+        assert small._sock_bits == 3
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(64)
+        port = srv.getsockname()[1]
+        pairs = []
+        for _ in range(20):
+            cli = socket.create_connection(srv.getsockname())
+            pairs.append((cli, srv.accept()[0]))
+        ends = {cli.getsockname()[1] for cli, _ in pairs}
+        live = sum(len(small.connections("127.0.0.1", p)) for p in ends)
+        assert 0 < live <= 8  # (only sockets that kept their slot are found live)
+        for cli, acc in pairs:
+            cli.close()
+            acc.close()
+        srv.close()
+        assert _wait_for(lambda: small.events["tcp"] >= 41)  # 40 sockets and the listener
+        recs = [c for p in ends for c in small.connections("127.0.0.1", p)]
+        assert len({c.key for c in recs}) >= 6
+        for c in recs:  # (with the endpoints of each: the port from inet_sock at CLOSE)
+            assert c.closed and {c.local_port, c.remote_port} - ends == {port}, c
+        assert small.lost()["tcp"] == 0
+    finally:
+        small.stop()

@@ -165,18 +165,21 @@ def _has_tracepoint(category: str, event: str) -> bool:
 # inet_sock, with the sizes a probe may read them as, and the span they are read in: each span
 # is one bpf_probe_read_kernel (a helper call costs more than the bytes it copies). Offsets come
 # from the running kernel's BTF; a span's fields get offsets within it. The classic tracepoint
-# takes the local address and port from inet_saddr and inet_sport (include/trace/events/sock.h);
-# these are the same values in struct sock_common (skc_rcv_saddr; skc_num, in host order),
-# which a TCP socket sets together with them, so that one read gets every endpoint field.
+# takes the local address and port from inet_saddr and inet_sport (include/trace/events/sock.h).
+# An established TCP socket holds the same values in struct sock_common (skc_rcv_saddr; skc_num,
+# in host order), read with the other endpoint fields in one go; but at CLOSE the kernel has
+# already released the port (skc_num is 0), and then the second span, inet_sock's own, is read.
 SOCK_FIELDS = {
     "SK_PROTO": ("sk.sk_protocol", (1, 2), ""),  # a u16 since 5.6; a byte-wide bitfield before
     "SK_FAMILY": ("sk.__sk_common.skc_family", (2,), "SKC"),
     "SK_DPORT": ("sk.__sk_common.skc_dport", (2,), "SKC"),
-    "SK_SPORT": ("sk.__sk_common.skc_num", (2,), "SKC"),
+    "SK_NUM": ("sk.__sk_common.skc_num", (2,), "SKC"),
     "SK_DADDR": ("sk.__sk_common.skc_daddr", (4,), "SKC"),
-    "SK_SADDR": ("sk.__sk_common.skc_rcv_saddr", (4,), "SKC"),
+    "SK_RCV_SADDR": ("sk.__sk_common.skc_rcv_saddr", (4,), "SKC"),
     "SK_SADDR6": ("sk.__sk_common.skc_v6_rcv_saddr", (16,), "SKC"),
     "SK_DADDR6": ("sk.__sk_common.skc_v6_daddr", (16,), "SKC"),
+    "SK_SPORT": ("inet_sport", (2,), "INET"),
+    "SK_SADDR": ("inet_saddr", (4,), "INET"),
 }
 MAX_SPAN = 128  # bytes of BPF stack a span may take
 

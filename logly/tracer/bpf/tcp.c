@@ -297,8 +297,9 @@ static __always_inline int conn_done(struct conn_t *c, bool is_new, u64 sk, int 
 // record (which reads a dozen socket fields, addresses included, on every change). The few
 // fields needed are read here at byte offsets taken from the running kernel's BTF by
 // logly/tracer/ebpf.py (sock_offsets; never from the headers), and only when needed: the
-// protocol when a socket is first seen (a socket in `socks` is TCP), the endpoints (one span
-// of struct sock_common, one read) as conn_step says.
+// protocol when a socket is first seen (a socket in `socks` is TCP), the endpoints as conn_step
+// says: one span of struct sock_common, and inet_sock's own port and address only when the
+// port is already released there (at CLOSE: a failed connect, a socket first seen closing).
 static __always_inline void conn_ends(struct conn_t *c, u64 sk)
 {
     u64 skc[SKC_SPAN_LEN / 8];  // family, ports, addresses
@@ -307,15 +308,24 @@ static __always_inline void conn_ends(struct conn_t *c, u64 sk)
     u8 *a = (u8 *)skc;
     u16 family = *(u16 *)(a + SK_FAMILY_OFF);
     c->family = family;
-    c->sport = *(u16 *)(a + SK_SPORT_OFF);                      // skc_num: host order
+    c->sport = *(u16 *)(a + SK_NUM_OFF);                        // host order
     c->dport = __builtin_bswap16(*(u16 *)(a + SK_DPORT_OFF));  // network order
     if (family == FAMILY_INET) {
-        __builtin_memcpy(c->saddr, a + SK_SADDR_OFF, 4);
+        __builtin_memcpy(c->saddr, a + SK_RCV_SADDR_OFF, 4);
         __builtin_memcpy(c->daddr, a + SK_DADDR_OFF, 4);
     } else {
         __builtin_memcpy(c->saddr, a + SK_SADDR6_OFF, 16);
         __builtin_memcpy(c->daddr, a + SK_DADDR6_OFF, 16);
     }
+    if (c->sport)
+        return;
+    u64 inet[INET_SPAN_LEN / 8];  // struct inet_sock: inet_saddr, inet_sport
+    if (bpf_probe_read_kernel(inet, sizeof(inet), (void *)(sk + INET_SPAN_OFF)))
+        return;
+    u8 *b = (u8 *)inet;
+    c->sport = __builtin_bswap16(*(u16 *)(b + SK_SPORT_OFF));
+    if (family == FAMILY_INET)
+        __builtin_memcpy(c->saddr, b + SK_SADDR_OFF, 4);
 }
 
 RAW_TRACEPOINT_PROBE(inet_sock_set_state)
