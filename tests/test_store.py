@@ -251,3 +251,50 @@ def test_a_failing_enrichment_stage_costs_only_its_own_writes(store: SQLiteStore
     from logly.store.sqlite import HOOK_FAILURES
 
     assert any("broken" in name for name in HOOK_FAILURES)
+
+
+def test_hooks_before_the_insert_set_traces_and_name_the_batch_events(
+        store: SQLiteStore) -> None:
+    seen_after: list[tuple] = []
+
+    def tracer(conn, rows, first_id):  # type: ignore[no-untyped-def]
+        # nothing of this batch is stored yet; what it derives names its events all the same
+        assert conn.exec_driver_sql("SELECT count(*) FROM log_events WHERE id >= ?",
+                                    (first_id,)).scalar_one() == 0
+        tid = conn.exec_driver_sql(
+            "INSERT INTO event_traces (title, severity, first_seen, last_seen, created, updated)"
+            " VALUES ('t', 'high', 'a', 'b', 'c', 'd')").lastrowid
+        conn.exec_driver_sql(
+            "INSERT INTO error_traces (trace_id, event_id, timestamp, error_type, category, "
+            "severity) VALUES (?, ?, 'a', 'e', 'c', 'low')", (tid, first_id + 60))
+        return {first_id + 1: tid, first_id + 60: tid}
+
+    def broken(conn, rows, first_id):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql(
+            "INSERT INTO event_traces (title, severity, first_seen, last_seen, created, updated)"
+            " VALUES ('lost', 'high', 'a', 'b', 'c', 'd')")
+        raise ValueError("a bug in a stage")  # its traces and its writes go
+
+    def after(conn, rows, first_id):  # type: ignore[no-untyped-def]
+        seen_after.extend(conn.exec_driver_sql(
+            "SELECT id, trace_id FROM log_events WHERE trace_id IS NOT NULL").all())
+
+    tracer.before_insert = broken.before_insert = True  # type: ignore[attr-defined]
+    fid, _ = store.open_source("id-early", "/var/log/auth.log")
+    rows = [(*ROW, fid, i) for i in range(70)]  # a multi-row statement and a remainder
+    assert store.write_batch(fid, rows, [], 70, 70, hooks=[after, tracer, broken]) == 70
+    tid = seen_after[0][1]
+    assert seen_after == [(2, tid), (61, tid)]
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT title FROM event_traces").scalars().all() == ["t"]
+        assert conn.exec_driver_sql("SELECT event_id FROM error_traces").scalar_one() == 61
+    # a derived row naming an event the batch does not hold fails the batch at commit
+    def dangling(conn, rows, first_id):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql(
+            "INSERT INTO error_traces (event_id, timestamp, error_type, category, severity) "
+            "VALUES (?, 'a', 'e', 'c', 'low')", (first_id + len(rows) + 5,))
+
+    dangling.before_insert = True  # type: ignore[attr-defined]
+    with pytest.raises(IntegrityError):
+        store.write_batch(fid, rows[:3], [], 73, 3, hooks=[dangling])
+    assert len(store.get_log_events(limit=None)) == 70

@@ -237,7 +237,11 @@ class Correlator:
 
     # ---- the hook --------------------------------------------------------------------------------
     def hook(self, conn: Any, rows: Sequence[tuple], first_id: int,
-             errors: list[Classified] | None = None) -> None:
+             errors: list[Classified] | None = None, *,
+             stored: bool = True) -> dict[int, int]:
+        """Correlate a batch (event ids first_id, first_id + 1, ...). With `stored` false the
+        batch's events are not in the table yet: their traces are returned ({event id: trace
+        id}) for the insert to set, and only earlier events are updated in place."""
         if self._next_id != first_id:
             self.rebuild(conn, first_id)
         self._next_id = first_id + len(rows)
@@ -271,7 +275,7 @@ class Correlator:
             ev = _ev(first_id + hit.index, row, _epoch_of(row[TIMESTAMP], cache),
                      hit.unit or row[PROGRAM])
             self._error(ev, hit.cls.type, hit.cls.severity)
-        self._flush(conn)
+        return self._flush(conn, first_id if not stored else None)
 
     def _event(self, ev: Ev, handlers: list[Any]) -> None:
         self._added = -1
@@ -886,7 +890,7 @@ class Correlator:
         self.closed[(tr.group, tr.key)] = tr
 
     # ---- persistence -----------------------------------------------------------------------------
-    def _flush(self, conn: Any) -> None:
+    def _flush(self, conn: Any, unstored_from: int | None) -> dict[int, int]:
         # traces idle longer than their gap (in log time) close now
         for (group, _key), tr in list(self.open.items()):
             if self._batch_max_t - tr.last_t > self.rules.traces[group].gap_seconds:
@@ -914,14 +918,19 @@ class Correlator:
                 "UPDATE event_traces SET title = ?, severity = ?, first_seen = min(first_seen, ?),"
                 " last_seen = ?, user = coalesce(?, user), host = coalesce(host, ?), "
                 "event_count = ?, status = ?, causality = ?, updated = ? WHERE id = ?", updates)
+        unstored: dict[int, int] = {}
         if self._links:
+            links = [(tr.id, eid) for eid, tr in self._links.items() if isinstance(tr, Trace)]
+            if unstored_from is not None:
+                unstored = {eid: tid for tid, eid in links if eid >= unstored_from}
+                links = [(tid, eid) for tid, eid in links if eid < unstored_from]
             # an event takes its first trace; a kernel-tracer 'context' trace (made for events
             # no correlation had claimed yet) gives way to the incident the event belongs to
-            conn.exec_driver_sql(
-                "UPDATE log_events SET trace_id = ? WHERE id = ? AND (trace_id IS NULL OR "
-                "EXISTS (SELECT 1 FROM event_traces t WHERE t.id = log_events.trace_id AND "
-                "t.pattern = 'context'))",
-                [(tr.id, eid) for eid, tr in self._links.items() if isinstance(tr, Trace)])
+            if links:
+                conn.exec_driver_sql(
+                    "UPDATE log_events SET trace_id = ? WHERE id = ? AND (trace_id IS NULL OR "
+                    "EXISTS (SELECT 1 FROM event_traces t WHERE t.id = log_events.trace_id AND "
+                    "t.pattern = 'context'))", links)
         if self._error_links:
             conn.exec_driver_sql("UPDATE error_traces SET trace_id = ? WHERE event_id = ?",
                                  [(tr.id, eid) for tr, eid in self._error_links])
@@ -934,6 +943,7 @@ class Correlator:
         self._error_links = []
         self._closing = []
         self._relink()
+        return unstored
 
     def _relink(self) -> None:
         groups = {g for g, _ in self.open}
@@ -1035,15 +1045,20 @@ def make_hooks(config: Any) -> list[BatchHook]:
     correlator = Correlator(load_rules(s.rules))
     handoff: dict[str, tuple[int, list[Classified]]] = {}
 
+    # Both run before the batch's events are stored (write_batch checks the error_traces rows'
+    # foreign keys at commit), so that the events go in with their trace.
     def classify_hook(conn: Any, rows: Sequence[tuple], first_id: int) -> None:
         hits = classifier.classify_rows(rows) if classifier else []
         store_classified(conn, rows, first_id, hits)
         handoff["batch"] = (first_id, hits)
 
-    def correlate_hook(conn: Any, rows: Sequence[tuple], first_id: int) -> None:
+    def correlate_hook(conn: Any, rows: Sequence[tuple], first_id: int) -> dict[int, int]:
         batch = handoff.pop("batch", None)
         hits = batch[1] if batch and batch[0] == first_id else None
-        correlator.hook(conn, rows, first_id, hits)
+        return correlator.hook(conn, rows, first_id, hits, stored=False)
+
+    classify_hook.before_insert = True  # type: ignore[attr-defined]
+    correlate_hook.before_insert = True  # type: ignore[attr-defined]
 
     classify_hook.correlator = correlator  # type: ignore[attr-defined]  # for tests/bench
     correlate_hook.correlator = correlator  # type: ignore[attr-defined]

@@ -204,6 +204,8 @@ def _net_bounds(net: str) -> tuple[int, int]:
 class Reputation:
     """The hook object: model, allowlist, blocklists and GeoIP readers, kept for the run."""
 
+    before_insert = True  # it reads the batch's rows, never the stored events
+
     def __init__(self, model: Model, cfg: ReputationSettings | None = None,
                  clock: Clock = utc_now, *, geoip: GeoIP | None = None,
                  blocklists: Blocklists | None = None) -> None:

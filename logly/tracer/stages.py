@@ -4,7 +4,8 @@ Each stage is a batch hook run inside `write_batch`'s transaction, so derived ro
 roll back with their events. Order matters: reputation scores the addresses first; error
 classification and correlation open and extend traces; the kernel-context linker (added by the
 daemon, which owns the tracer) goes last, to attach process and connection rows to the trace an
-event already has.
+event already has. The first three run before the batch's events are inserted, so that each
+event goes in with its trace (see `write_batch`); the linker runs after.
 """
 
 from __future__ import annotations
