@@ -572,5 +572,10 @@ def test_a_full_socket_table_evicts_but_every_close_is_recorded(tracer: EbpfTrac
         for c in recs:  # (with the endpoints of each: the port from inet_sock at CLOSE)
             assert c.closed and {c.local_port, c.remote_port} - ends == {port}, c
         assert small.lost()["tcp"] == 0
+        # an evicted socket's endpoint went with it, a closed one's at its close: none is left
+        from logly.tracer.ebpf import _EP_SLOT
+
+        assert small._ep_mem is not None
+        assert [sk for *_, sk in _EP_SLOT.iter_unpack(small._ep_mem[:])] == [0] * 8
     finally:
         small.stop()

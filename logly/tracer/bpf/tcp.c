@@ -63,9 +63,9 @@ struct tcp_ev {
     struct conn_t c;
 };
 
-// Live sockets' records: a table of 2^SOCK_BITS slots (>= MAX_SOCKS), not a hash map. A socket
-// may take one of the SOCK_WAYS slots of the set its kernel address hashes to, claimed with one
-// compare-and-swap of `skaddr` and freed by zeroing it when the socket closes. An array slot is
+// Live sockets' records: a table of 2^SOCK_BITS slots (>= max_connections), not a hash map. A
+// socket may take one of the SOCK_WAYS slots of the set its kernel address hashes to, claimed
+// with one compare-and-swap of `skaddr` and freed by zeroing it when it closes. An array slot is
 // found by address arithmetic the verifier inlines, with no helper call, hash function, lock or
 // element allocation: next to a hash map's lookup, insert and delete this takes the largest
 // part of the probe's cost away (bench/tracer_overhead.py --components). Userspace finds a
@@ -79,9 +79,9 @@ struct tcp_ev {
 BPF_ARRAY(socks, struct conn_t, 1 << SOCK_BITS);
 // Live sockets by endpoint, for userspace, which maps this table (a lookup on every log line
 // that names an address and port is a memory read, not a syscall): a table as `socks`, its
-// sets chosen by a hash of the address and port. An
-// endpoint may sit in several slots (a newer socket on it before the older one closed), each
-// found by userspace, which then reads the socket's record and checks its endpoint.
+// sets chosen by a hash of the address and port. An endpoint may sit in several slots (a newer
+// socket on it before the older one closed), each found by userspace, which then reads the
+// socket's record and checks its endpoint.
 #define EP_BITS SOCK_BITS
 BPF_F_TABLE("array", u32, struct ep_slot_t, endpoints, 1 << EP_BITS, BPF_F_MMAPABLE);
 
@@ -105,8 +105,9 @@ static __always_inline struct conn_t *conn_find(u64 sk)
 
 // A slot for a new socket: a free one of its set, else the one whose socket changed state
 // longest ago (a socket whose close we never saw, or, with the table full, the least recently
-// active one: its record is lost, as an LRU map would lose it). NULL when racing CPUs took them.
-static __always_inline struct conn_t *conn_claim(u64 sk)
+// active one: its record is lost, as an LRU map would lose it; *evicted names that socket).
+// NULL when racing CPUs took them.
+static __always_inline struct conn_t *conn_claim(u64 sk, u64 *evicted)
 {
     u32 base = sock_set(sk);
     struct conn_t *oldest = NULL;
@@ -129,8 +130,10 @@ static __always_inline struct conn_t *conn_claim(u64 sk)
             oldest_ts = c->last_ts;
         }
     }
-    if (oldest && __sync_val_compare_and_swap(&oldest->skaddr, oldest_sk, sk) == oldest_sk)
+    if (oldest && __sync_val_compare_and_swap(&oldest->skaddr, oldest_sk, sk) == oldest_sk) {
+        *evicted = oldest_sk;
         return oldest;
+    }
     return NULL;
 }
 
@@ -169,15 +172,10 @@ static __always_inline u32 ep_set(struct endpoint_t *ep)
     return (u32)(h >> (64 - EP_BITS)) & ~(u32)(SOCK_WAYS - 1);
 }
 
-// A free slot of the endpoint's set, else its last slot if that one's socket has no record any
-// more (its close was never seen); with neither, the socket is not indexed (it is found again
-// once it closes).
-static __always_inline void index_endpoint(struct conn_t *c, int remote, u64 sk)
+// A free slot of the endpoint's set, else one whose socket has no record any more (its close
+// was never seen); with neither, the socket is not indexed (it is found again once it closes).
+static __always_inline struct ep_slot_t *ep_claim(u32 base, u64 sk, bool stale)
 {
-    struct endpoint_t ep = {};
-    own_endpoint(&ep, c, remote);
-    u32 base = ep_set(&ep);
-    struct ep_slot_t *take = NULL;
 #pragma unroll
     for (u32 w = 0; w < SOCK_WAYS; w++) {
         u32 k = base + w;
@@ -185,12 +183,21 @@ static __always_inline void index_endpoint(struct conn_t *c, int remote, u64 sk)
         if (!e)
             continue;
         u64 old = e->sk;
-        if ((old == 0 || (w == SOCK_WAYS - 1 && !conn_find(old))) &&
-            __sync_val_compare_and_swap(&e->sk, old, sk) == old) {
-            take = e;
-            break;
-        }
+        if ((stale ? (old && !conn_find(old)) : old == 0) &&
+            __sync_val_compare_and_swap(&e->sk, old, sk) == old)
+            return e;
     }
+    return NULL;
+}
+
+static __always_inline void index_endpoint(struct conn_t *c, int remote, u64 sk)
+{
+    struct endpoint_t ep = {};
+    own_endpoint(&ep, c, remote);
+    u32 base = ep_set(&ep);
+    struct ep_slot_t *take = ep_claim(base, sk, false);
+    if (!take)
+        take = ep_claim(base, sk, true);
     if (!take)
         return;
     __builtin_memcpy(take->addr, ep.addr, 16);
@@ -212,6 +219,17 @@ static __always_inline void unindex_endpoint(struct conn_t *c, int remote, u64 s
             return;
         }
     }
+}
+
+// The one endpoint a socket was indexed by (at ESTABLISHED from SYN_RECV or SYN_SENT, seen
+// as its first change or as the one before)
+static __always_inline void unindex_conn(struct conn_t *c, u64 sk)
+{
+    int before = c->states[0] == ST_ESTABLISHED ? c->first_old : c->states[0];
+    if (before == ST_SYN_RECV && c->dport)
+        unindex_endpoint(c, 1, sk);
+    else if (before == ST_SYN_SENT && c->sport)
+        unindex_endpoint(c, 0, sk);
 }
 
 // The steps every state change takes, whichever hook runs them (below): a new socket's record,
@@ -257,11 +275,14 @@ static __always_inline int conn_done(struct conn_t *c, bool is_new, u64 sk, int 
 {
     if (newstate != ST_CLOSE) {
         if (is_new) {
-            struct conn_t *slot = conn_claim(sk);
+            u64 evicted = 0;
+            struct conn_t *slot = conn_claim(sk, &evicted);
             if (!slot) {
                 count_lost(EV_TCP);
                 return 0;
             }
+            if (evicted)  // (its record is still in the slot)
+                unindex_conn(slot, evicted);
             __builtin_memcpy(slot, c, sizeof(*slot));
         }
         // the socket's own endpoint is known once it is established
@@ -283,10 +304,7 @@ static __always_inline int conn_done(struct conn_t *c, bool is_new, u64 sk, int 
     }
     if (is_new)
         return 0;  // never seen open: nothing indexed, nothing stored
-    if (c->states[0] == ST_SYN_RECV && c->dport)  // indexed as above
-        unindex_endpoint(c, 1, sk);
-    else if (c->states[0] == ST_SYN_SENT && c->sport)
-        unindex_endpoint(c, 0, sk);
+    unindex_conn(c, sk);
     c->skaddr = 0;  // the slot is free
     return 0;
 }
