@@ -270,9 +270,11 @@ def stats(as_json: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None) 
         tr = d.get("tracer") or {}
         if tr:
             why = f" ({safe_text(tr['reason'])})" if tr.get("reason") else ""
+            missed = sum(n or 0 for n in (tr.get("missed_runs") or {}).values())
             ctx.out.print(Text(f"Tracer: {tr['mode']}{why}, "
                                f"{sum((tr.get('events') or {}).values()):,} kernel events, "
-                               f"{sum((tr.get('lost') or {}).values()):,} lost"))
+                               f"{sum((tr.get('lost') or {}).values()):,} lost"
+                               + (f", {missed:,} probe runs skipped (nested)" if missed else "")))
         for stage, n in (d.get("enrich_failures") or {}).items():
             ctx.out.print(Text(f"Enrichment stage {safe_text(stage)} failed on {n:,} batches "
                                "(events stored without it; see the daemon's log)"))

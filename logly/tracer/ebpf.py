@@ -945,13 +945,33 @@ class EbpfTracer(ProcfsTracer):
         table = self.bpf[b"lost"]
         return {name: int(table[table.Key(k)].value) for k, name in KIND_NAMES.items()}
 
+    def missed(self) -> dict[str, int | None]:
+        """Runs of each probe the kernel skipped, by program: a probe that fires inside itself
+        on one CPU (a packet's softirq changing a socket's state while the probe runs) is not
+        run again. The kernel counts these per program (fdinfo's recursion_misses, 5.12+;
+        None where it does not)."""
+        if self.bpf is None:
+            return {}
+        out: dict[str, int | None] = {}
+        for name, fn in list(self.bpf.funcs.items()):
+            try:
+                with open(f"/proc/self/fdinfo/{fn.fd}", "rb") as f:
+                    info = f.read()
+            except OSError:
+                continue
+            at = info.find(b"recursion_misses:")
+            key = name.decode() if isinstance(name, bytes) else str(name)
+            out[key] = int(info[at + 17:].split(None, 1)[0]) if at >= 0 else None
+        return out
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             procs, exited = len(self.cache.procs), len(self.cache.exited)
             conns = len(self.conns.closed)
         return {
             "mode": self.mode, "reason": None, "events": dict(self.events),
-            "lost": self.lost(), "errors": self.errors, "processes": procs,
+            "lost": self.lost(), "missed_runs": self.missed(), "errors": self.errors,
+            "processes": procs,
             "exited_kept": exited, "closed_connections_kept": conns,
             "evicted": self.cache.evicted + self.conns.evicted,
         }
