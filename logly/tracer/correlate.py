@@ -228,7 +228,7 @@ class Correlator:
         self.user_recent: dict[str, deque[tuple[int, int, str]]] = {}
         self.logins: dict[str, set[str]] = {}
         self.errors: dict[str, deque[tuple[int, int, str]]] = {}
-        self._links: dict[int, int | Trace] = {}
+        self._links: dict[int, Trace] = {}  # event id -> the first trace it joined
         self._error_links: list[tuple[Trace, int]] = []
         self._batch_max_t = 0
         self._closing: list[Trace] = []
@@ -237,11 +237,10 @@ class Correlator:
 
     # ---- the hook --------------------------------------------------------------------------------
     def hook(self, conn: Any, rows: Sequence[tuple], first_id: int,
-             errors: list[Classified] | None = None, *,
-             stored: bool = True) -> dict[int, int]:
-        """Correlate a batch (event ids first_id, first_id + 1, ...). With `stored` false the
-        batch's events are not in the table yet: their traces are returned ({event id: trace
-        id}) for the insert to set, and only earlier events are updated in place."""
+             errors: list[Classified] | None = None) -> dict[int, int]:
+        """Correlate a batch (event ids first_id, first_id + 1, ...) before it is stored: its
+        events' traces are returned ({event id: trace id}) for the insert to set; earlier
+        events that join a trace are updated in place."""
         if self._next_id != first_id:
             self.rebuild(conn, first_id)
         self._next_id = first_id + len(rows)
@@ -275,7 +274,7 @@ class Correlator:
             ev = _ev(first_id + hit.index, row, _epoch_of(row[TIMESTAMP], cache),
                      hit.unit or row[PROGRAM])
             self._error(ev, hit.cls.type, hit.cls.severity)
-        return self._flush(conn, first_id if not stored else None)
+        return self._flush(conn, first_id)
 
     def _event(self, ev: Ev, handlers: list[Any]) -> None:
         self._added = -1
@@ -890,7 +889,9 @@ class Correlator:
         self.closed[(tr.group, tr.key)] = tr
 
     # ---- persistence -----------------------------------------------------------------------------
-    def _flush(self, conn: Any, unstored_from: int | None) -> dict[int, int]:
+    def _flush(self, conn: Any, first_id: int) -> dict[int, int]:
+        """Write the touched traces; the links of events from `first_id` on (not stored yet)
+        are returned instead of written."""
         # traces idle longer than their gap (in log time) close now
         for (group, _key), tr in list(self.open.items()):
             if self._batch_max_t - tr.last_t > self.rules.traces[group].gap_seconds:
@@ -918,19 +919,15 @@ class Correlator:
                 "UPDATE event_traces SET title = ?, severity = ?, first_seen = min(first_seen, ?),"
                 " last_seen = ?, user = coalesce(?, user), host = coalesce(host, ?), "
                 "event_count = ?, status = ?, causality = ?, updated = ? WHERE id = ?", updates)
-        unstored: dict[int, int] = {}
-        if self._links:
-            links = [(tr.id, eid) for eid, tr in self._links.items() if isinstance(tr, Trace)]
-            if unstored_from is not None:
-                unstored = {eid: tid for tid, eid in links if eid >= unstored_from}
-                links = [(tid, eid) for tid, eid in links if eid < unstored_from]
+        unstored = {eid: tr.id for eid, tr in self._links.items() if eid >= first_id}
+        earlier = [(tr.id, eid) for eid, tr in self._links.items() if eid < first_id]
+        if earlier:
             # an event takes its first trace; a kernel-tracer 'context' trace (made for events
             # no correlation had claimed yet) gives way to the incident the event belongs to
-            if links:
-                conn.exec_driver_sql(
-                    "UPDATE log_events SET trace_id = ? WHERE id = ? AND (trace_id IS NULL OR "
-                    "EXISTS (SELECT 1 FROM event_traces t WHERE t.id = log_events.trace_id AND "
-                    "t.pattern = 'context'))", links)
+            conn.exec_driver_sql(
+                "UPDATE log_events SET trace_id = ? WHERE id = ? AND (trace_id IS NULL OR "
+                "EXISTS (SELECT 1 FROM event_traces t WHERE t.id = log_events.trace_id AND "
+                "t.pattern = 'context'))", earlier)
         if self._error_links:
             conn.exec_driver_sql("UPDATE error_traces SET trace_id = ? WHERE event_id = ?",
                                  [(tr.id, eid) for tr, eid in self._error_links])
@@ -1055,7 +1052,7 @@ def make_hooks(config: Any) -> list[BatchHook]:
     def correlate_hook(conn: Any, rows: Sequence[tuple], first_id: int) -> dict[int, int]:
         batch = handoff.pop("batch", None)
         hits = batch[1] if batch and batch[0] == first_id else None
-        return correlator.hook(conn, rows, first_id, hits, stored=False)
+        return correlator.hook(conn, rows, first_id, hits)
 
     classify_hook.before_insert = True  # type: ignore[attr-defined]
     correlate_hook.before_insert = True  # type: ignore[attr-defined]
