@@ -7,8 +7,7 @@ string section) to answer "at which byte of struct X is member a.b.c, and how wi
 looking through anonymous unions and structs as C does. Bitfields that are not whole,
 byte-aligned bytes are refused (None): a probe reads bytes, never bits.
 
-    offsets = member_offsets({"sock": ["sk_protocol"], "sock_common": ["skc_family"]})
-    # {"sock.sk_protocol": (offset, size), ...}; a member that cannot be resolved is missing
+    load().offset_of("inet_sock", "sk.__sk_common.skc_family")  # (offset, size), or None
 """
 
 from __future__ import annotations
@@ -99,10 +98,10 @@ class Btf:
                 return tid
         raise BtfError(f"no struct {name} in BTF")
 
-    def member(self, tid: int, name: str) -> tuple[int, int] | None:
-        """(byte offset, byte size) of member `name` of struct/union `tid`, looking through
-        anonymous struct and union members; None if absent or a bitfield not made of whole
-        bytes."""
+    def member(self, tid: int, name: str) -> tuple[int, int, int] | None:
+        """(byte offset, byte size, type id) of member `name` of struct/union `tid`, looking
+        through anonymous struct and union members; None if absent or a bitfield not made of
+        whole bytes."""
         kind, vlen, kflag, _size, pos = self._type(self._resolve(tid))
         if kind not in (STRUCT, UNION):
             return None
@@ -110,57 +109,46 @@ class Btf:
         for i in range(vlen):
             name_off, mtype, moff = struct.unpack_from("<III", self.data, base + 12 * i)
             bits, bitsize = (moff & 0xFFFFFF, moff >> 24) if kflag else (moff, 0)
-            mname = self._str(name_off) if name_off else ""
-            if mname == name:
-                if bitsize == 0:
-                    # an old-style bitfield is described by its int type's own encoding
-                    size = self.size_of(mtype)
-                    mkind, _v, _k, _s, mpos = self._type(self._resolve(mtype))
-                    if mkind == INT:
-                        enc = struct.unpack_from("<I", self.data, mpos + 12)[0]
-                        ibits, ioff = enc & 0xFF, (enc >> 16) & 0xFF
-                        if ioff or (size is not None and ibits != size * 8):
-                            if ioff % 8 or ibits % 8:
-                                return None
-                            bits, size = bits + ioff, ibits // 8
-                else:
-                    if bits % 8 or bitsize % 8:
-                        return None
-                    size = bitsize // 8
-                if size is None or bits % 8:
-                    return None
-                return bits // 8, size
-            if not mname:  # anonymous struct or union: its members are ours
+            if not name_off:  # anonymous struct or union: its members are ours
                 found = self.member(mtype, name)
                 if found is not None:
                     if bits % 8:
                         return None
-                    return bits // 8 + found[0], found[1]
+                    return bits // 8 + found[0], found[1], found[2]
+                continue
+            if self._str(name_off) != name:
+                continue
+            if bitsize == 0:
+                # an old-style bitfield is described by its int type's own encoding
+                size = self.size_of(mtype)
+                mkind, _v, _k, _s, mpos = self._type(self._resolve(mtype))
+                if mkind == INT:
+                    enc = struct.unpack_from("<I", self.data, mpos + 12)[0]
+                    ibits, ioff = enc & 0xFF, (enc >> 16) & 0xFF
+                    if ioff or (size is not None and ibits != size * 8):
+                        if ioff % 8 or ibits % 8:
+                            return None
+                        bits, size = bits + ioff, ibits // 8
+            else:
+                if bits % 8 or bitsize % 8:
+                    return None
+                size = bitsize // 8
+            if size is None or bits % 8:
+                return None
+            return bits // 8, size, mtype
         return None
 
     def offset_of(self, struct_name: str, path: str) -> tuple[int, int] | None:
         """(offset, size) of `path` ("a" or "a.b") inside struct `struct_name`."""
         tid = self.struct_id(struct_name)
-        total = 0
-        size = None
+        total = size = 0
         for part in path.split("."):
             found = self.member(tid, part)
             if found is None:
                 return None
-            total += found[0]
-            size = found[1]
-            tid = self._member_type(tid, part)
-        return None if size is None else (total, size)
-
-    def _member_type(self, tid: int, name: str) -> int:
-        kind, vlen, _kf, _size, pos = self._type(self._resolve(tid))
-        for i in range(vlen):
-            name_off, mtype, _moff = struct.unpack_from("<III", self.data, pos + 12 + 12 * i)
-            if name_off and self._str(name_off) == name:
-                return mtype
-            if not name_off and self.member(mtype, name) is not None:
-                return self._member_type(mtype, name)
-        raise BtfError(f"no member {name}")
+            off, size, tid = found
+            total += off
+        return total, size
 
 
 def load(path: Path = VMLINUX) -> Btf:
