@@ -30,7 +30,7 @@ from logly.errors import ConfigError
 from logly.rows import ACTION, HOST, IP, METADATA, PORT, PROGRAM, TIMESTAMP, USER
 from logly.store.sqlite import BatchHook
 from logly.tracer.classify import SEVERITY_RANK, Classified
-from logly.tracer.patterns import CorrelationRules, Pattern, TraceGroup
+from logly.tracer.patterns import CorrelationRules, Pattern
 
 MAX_EVENT_IDS = 500  # event ids kept in a trace's causality; event_count keeps counting
 BACKWARDS_SLACK = 60  # seconds a log may step back (two files interleaved) and still be one run
@@ -118,12 +118,6 @@ class Trace:
         except ValueError:
             return self.last_t
 
-    def has_step(self, pattern: str) -> bool:
-        names = self.step_names
-        if names is None:
-            names = self.step_names = {s["pattern"] for s in self.steps}
-        return pattern in names
-
 
 class _Addr:
     """What one remote address did recently (all bounded, lists trimmed by half when full)."""
@@ -204,12 +198,11 @@ class Correlator:
                 self._dispatch.setdefault(a, [])
         for a, hs in self._dispatch.items():
             self._dispatch[a] = list(dict.fromkeys(hs))
-        self._link_groups: dict[str, list[tuple[str, TraceGroup]]] = {}
+        # action -> (group, key kind, gap) of the traces it may join
+        self._link_keys: dict[str, list[tuple[str, str, int]]] = {}
         for name, g in rules.traces.items():
             for a in g.link_actions:
-                self._link_groups.setdefault(a, []).append((name, g))
-        self._link_keys = {a: [(name, g.key, g.gap_seconds) for name, g in gs]
-                           for a, gs in self._link_groups.items()}
+                self._link_keys.setdefault(a, []).append((name, g.key, g.gap_seconds))
         self._prepare()
 
     def _on(self, action: str, handler: Any) -> None:
@@ -364,12 +357,6 @@ class Correlator:
             else:
                 self._failure(old, a, w)
         return a
-
-    def _weight(self, ev: Ev) -> int:
-        meta = ev.meta
-        if not meta:
-            return 1
-        return (self._meta_hits.get(meta) or self._meta_info(meta))[0]
 
     def _meta_info(self, meta: str) -> tuple[int, list[tuple[int, int, int, Pattern]] | None]:
         """How an event of this metadata text counts: its weight, and the buckets it fills if
@@ -595,10 +582,7 @@ class Correlator:
         if len(recent) > 1 or (recent and recent[0][1] != ev.id):
             self._join(tr, recent, max(ev.t - self.rules.max_window, tr.last_t - gap), ev)
         recent.clear()
-        step = self._step
-        for p, values in fired:
-            step(tr, p, ev, values)
-        self._add(tr, ev)
+        self._fire(tr, fired, ev)
         return True
 
     # ---- user patterns ---------------------------------------------------------------------------
