@@ -110,14 +110,6 @@ class Trace:
         return (f'{{"key": {_dumps(self.key)}, "steps": {self.steps_text}, '
                 f'"events": [{self.events_text}], "more_events": {more}}}')
 
-    @property
-    def first_t(self) -> int:
-        try:
-            return int(datetime.fromisoformat(self.first_seen[:19]).replace(
-                tzinfo=UTC).timestamp())
-        except ValueError:
-            return self.last_t
-
 
 class _Addr:
     """What one remote address did recently (all bounded, lists trimmed by half when full)."""
@@ -780,7 +772,8 @@ class Correlator:
         if tr is None:
             # an older log read after a newer one: the event may belong to a trace just closed
             old = self.closed.get((group, key))
-            if old is not None and old.first_t - gap <= ev.t <= old.last_t + gap:
+            if (old is not None
+                    and _epoch_of(old.first_seen, self._cache) - gap <= ev.t <= old.last_t + gap):
                 del self.closed[(group, key)]
                 self.open[(group, key)] = old
                 old.dirty = True
