@@ -596,7 +596,6 @@ class EbpfTracer(ProcfsTracer):
         self.bpf: Any = None
         self._failed: Any = None
         self._traced: Any = None
-        self._endpoints: Any = None
         self._socks: Any = None
         self._sock_bits = sock_bits(s.max_connections)
         self._lookup_batch: Any = None
@@ -637,10 +636,9 @@ class EbpfTracer(ProcfsTracer):
         _release_compiler_memory()
         self._failed = self.bpf[b"failed"]
         self._traced = self.bpf[b"traced"]
-        self._endpoints = self.bpf[b"endpoints"]
         # read on every log line that names an address and port: mapped, a lookup is a memory
         # read (its 2 MB count in our RSS, though the kernel holds them either way)
-        self._ep_mem = mmap.mmap(self._endpoints.map_fd, _EP_SLOT.size << self._sock_bits,
+        self._ep_mem = mmap.mmap(self.bpf[b"endpoints"].map_fd, _EP_SLOT.size << self._sock_bits,
                                  mmap.MAP_SHARED, mmap.PROT_READ)
         self._socks = self.bpf[b"socks"]
         self._lookup_batch = bcc.libbcc.lib.bpf_lookup_batch
@@ -665,7 +663,7 @@ class EbpfTracer(ProcfsTracer):
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
-            self._failed = self._traced = self._endpoints = self._socks = None
+            self._failed = self._traced = self._socks = None
         if self._ep_mem is not None:
             self._ep_mem.close()
             self._ep_mem = None
@@ -840,25 +838,22 @@ class EbpfTracer(ProcfsTracer):
         return out
 
     def _sock_record(self, sk: int) -> _ConnT | None:
-        """A live socket's record: in one of the slots of its set in the kernel's table."""
-        slots = self._slots(self._socks.map_fd, _sock_set(sk, self._sock_bits), _CONN_SIZE)
+        """A live socket's record: in one of the slots of its set in the kernel's table, read
+        in one batch lookup (one syscall, without the per-call Python of bcc's tables)."""
+        base = _sock_set(sk, self._sock_bits)
+        with self._slot_lock:
+            keys, values, count, after, start = self._slot_buf
+            count.value = SOCK_WAYS
+            start.value = base - 1  # (a batch starts after the index it is given)
+            if self._lookup_batch(self._socks.map_fd, ct.byref(start) if base else None,
+                                  ct.byref(after), keys, values, ct.byref(count)) < 0 \
+                    and ct.get_errno() != errno.ENOENT:
+                return None
+            slots = ct.string_at(values, count.value * _CONN_SIZE)
         for off in range(0, len(slots), _CONN_SIZE):
             if int.from_bytes(slots[off:off + 8], "little") == sk:
                 return _ConnT.from_buffer_copy(slots, off)
         return None
-
-    def _slots(self, fd: int, base: int, size: int) -> bytes:
-        """The SOCK_WAYS slots of a set (from `base`) of one of the kernel's tables, as bytes,
-        in one batch lookup: one syscall, without the per-call Python of bcc's tables. (A
-        batch starts after the index it is given.)"""
-        with self._slot_lock:
-            keys, values, count, after, start = self._slot_buf
-            count.value = SOCK_WAYS
-            start.value = base - 1
-            if self._lookup_batch(fd, ct.byref(start) if base else None, ct.byref(after), keys,
-                                  values, ct.byref(count)) < 0 and ct.get_errno() != errno.ENOENT:
-                return b""
-            return ct.string_at(values, count.value * size)
 
     def _slow(self, e: _SlowEv) -> None:
         info = self.cache.get(e.pid)
@@ -882,7 +877,7 @@ class EbpfTracer(ProcfsTracer):
         addr = norm_addr(addr)
         with self._lock:
             found = self.conns.lookup(addr, port)
-        if self._endpoints is not None:
+        if self._ep_mem is not None:
             seen = {c.key for c in found}
             found += [c for c in self._live_conns(addr, port) if c.key not in seen]
         return found
