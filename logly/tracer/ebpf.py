@@ -157,10 +157,6 @@ def ebpf_unavailable() -> str | None:
     return None
 
 
-def _has_tracepoint(category: str, event: str) -> bool:
-    return any(Path(root, "events", category, event).is_dir() for root in TRACEFS)
-
-
 # The socket fields the raw inet_sock_set_state probe reads (bpf/tcp.c), as members of struct
 # inet_sock, with the sizes a probe may read them as, and the span they are read in: each span
 # is one bpf_probe_read_kernel (a helper call costs more than the bytes it copies). Offsets come
@@ -191,7 +187,7 @@ def sock_offsets(btf_path: Path | None = None) -> tuple[list[str], str | None]:
     from logly.tracer import btf
 
     try:
-        types = btf.load(btf_path) if btf_path else btf.load()
+        types = btf.load(btf_path or btf.VMLINUX)
         found: dict[str, tuple[int, int]] = {}
         for macro, (path, sizes, _span) in SOCK_FIELDS.items():
             at = types.offset_of("inet_sock", path)
@@ -223,8 +219,9 @@ def probe_cflags(s: TracerSettings) -> tuple[list[str], str | None]:
               f"-DMAXARGS={MAXARGS}", f"-DARGLEN={ARGLEN}"]
     if not s.failed_syscalls:
         cflags.append("-DNO_FAILED")
-    if not (s.tcp_bytes and _has_tracepoint("sock", "sock_send_length")
-            and _has_tracepoint("sock", "sock_recv_length")):
+    exists = _import_bcc().BPF.tracepoint_exists
+    if not (s.tcp_bytes and exists("sock", "sock_send_length")
+            and exists("sock", "sock_recv_length")):
         cflags.append("-DNO_TCP_BYTES")
     if s.slow_syscalls:
         cflags.append(f"-DSLOW_NS={int(s.slow_syscall_ms * 1e6)}ULL")
@@ -233,8 +230,6 @@ def probe_cflags(s: TracerSettings) -> tuple[list[str], str | None]:
 
 
 def _import_bcc() -> Any:
-    import sys
-
     try:
         import bcc
     except ImportError:
@@ -667,7 +662,6 @@ class EbpfTracer(ProcfsTracer):
         if self._ep_mem is not None:
             self._ep_mem.close()
             self._ep_mem = None
-
 
     def _seed(self) -> None:
         for pid in live_pids():
