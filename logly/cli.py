@@ -416,10 +416,10 @@ _state: dict[str, bool] = {"traceback": False}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from logly.cli_ip import run as run_fast  # `logly ip`/`ips` answer without typer
+    """What the console script runs (logly/cli_entry.py: `logly ip`/`ips` without typer)."""
+    from logly.cli_entry import main as entry
 
-    code = run_fast(sys.argv[1:] if argv is None else argv)
-    return typer_main(argv) if code is None else code
+    return entry(argv)
 
 
 def typer_main(argv: list[str] | None = None) -> int:
