@@ -87,7 +87,7 @@ def tracer_child() -> None:
             with open("/proc/self/status", encoding="ascii") as f:
                 rss = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
             print(json.dumps({"cpu": ru.ru_utime + ru.ru_stime, "rss_kb": rss,
-                              "maxrss_kb": ru.ru_maxrss, "events": st["events"],
+                              "events": st["events"],
                               "lost": st["lost"], "errors": st["errors"],
                               "probes": len(probes.tps) + len(probes.raw),
                               "bench_execs": sum(
@@ -145,32 +145,27 @@ def timed(fn, n: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t0, _cpu() - c0
 
 
-def exec_workload(n: int) -> float:
+def exec_workload(n: int) -> None:
     env = {"PATH": "/usr/bin:/bin"}
-    t0 = time.perf_counter()
     for _ in range(n):
         pid = os.posix_spawn(ARGV[0], ARGV, env)
         os.waitpid(pid, 0)
-    return time.perf_counter() - t0
 
 
-def connect_workload(n: int) -> float:
+def connect_workload(n: int) -> None:
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(128)
     addr = srv.getsockname()
-    t0 = time.perf_counter()
     for _ in range(n):
         c = socket.create_connection(addr)
         a, _ = srv.accept()
         c.close()
         a.close()
-    elapsed = time.perf_counter() - t0
     srv.close()
-    return elapsed
 
 
-def send_workload(n: int) -> float:
+def send_workload(n: int) -> None:
     """n round trips of 64 bytes over one loopback TCP connection: 4 syscalls each, so what
     the per-syscall probes (failed syscalls, TCP bytes) cost shows at its largest."""
     srv = socket.socket()
@@ -179,16 +174,13 @@ def send_workload(n: int) -> float:
     c = socket.create_connection(srv.getsockname())
     a, _ = srv.accept()
     msg = b"x" * 64
-    t0 = time.perf_counter()
     for _ in range(n):
         c.send(msg)
         a.recv(64)
         a.send(msg)
         c.recv(64)
-    elapsed = time.perf_counter() - t0
     for s in (c, a, srv):
         s.close()
-    return elapsed
 
 
 def paced_execs(rate: int, seconds: float) -> int:
@@ -298,28 +290,28 @@ def components(rounds: int, execs: int, connects: int, only: str = "") -> None:
     src = {n: (BPF_DIR / f"{n}.c").read_text() for n in ("common", "syscalls", "process", "tcp")}
     flags, _ = probe_cflags(TracerSettings())  # the raw TCP probe when the BTF allows it
     classic = [f for f in flags if f not in sock_offsets()[0]]
-    variants: dict[str, tuple[str, list[str]]] = {
-        "all probes": (src["common"] + src["syscalls"] + src["process"] + src["tcp"], []),
-        "process probes": (src["common"] + src["syscalls"] + src["process"], ["-DNO_FAILED"]),
-        "failed-syscall probe": (src["common"] + src["syscalls"], []),
+    variants: dict[str, tuple[str, list[str]]] = {  # name: (source, compile flags)
+        "all probes": (src["common"] + src["syscalls"] + src["process"] + src["tcp"], flags),
+        "process probes": (src["common"] + src["syscalls"] + src["process"],
+                           [*flags, "-DNO_FAILED"]),
+        "failed-syscall probe": (src["common"] + src["syscalls"], flags),
         # what the tracer adds once the link hook watches a pid (not the workload's own)
         "slow-syscall pair, a pid watched": (
             src["common"] + src["syscalls"].replace("int slow_", "static int slow_")
             + "RAW_TRACEPOINT_PROBE(sys_enter) { return slow_enter(ctx); }\n"
             "RAW_TRACEPOINT_PROBE(sys_exit) { return slow_exit(ctx); }\n",
-            ["-DNO_FAILED", "-DSLOW_NS=10000000ULL"]),
-        "tcp probe": (src["common"] + src["tcp"], []),
-        "tcp probe without byte counts": (src["common"] + src["tcp"], ["-DNO_TCP_BYTES"]),
-        "tcp probe, classic tracepoint": (src["common"] + src["tcp"], ["-DCLASSIC"]),
-        **{k: (v, []) for k, v in EMPTY.items()},
+            [*flags, "-DNO_FAILED", "-DSLOW_NS=10000000ULL"]),
+        "tcp probe": (src["common"] + src["tcp"], flags),
+        "tcp probe without byte counts": (src["common"] + src["tcp"], [*flags, "-DNO_TCP_BYTES"]),
+        "tcp probe, classic tracepoint": (src["common"] + src["tcp"], classic),
+        **{k: (v, flags) for k, v in EMPTY.items()},
     }
     if only:  # a comma-separated list of substrings of the variants' names
         variants = {k: v for k, v in variants.items()
                     if any(w.strip() in k for w in only.split(","))}
     loaded: dict[str, Probes] = {}
-    for name, (text, extra) in variants.items():
-        b = bcc.BPF(text=text.encode(), cflags=(classic if "-DCLASSIC" in extra else flags)
-                    + extra)
+    for name, (text, cflags) in variants.items():
+        b = bcc.BPF(text=text.encode(), cflags=cflags)
         if "events" in text:  # drained after each block (untimed): nothing is lost
             b[b"events"].open_ring_buffer(lambda _c, _d, _s: 0)
         if "slow" in name:  # pid 1 is watched
