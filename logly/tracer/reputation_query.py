@@ -141,6 +141,12 @@ def _row(r: Any) -> dict[str, Any]:
     return d
 
 
+def _stored(conn: sqlite3.Connection, address: str) -> dict[str, Any] | None:
+    """The reputation row of an address or /64, if it has one."""
+    r = conn.execute(_SELECT + "WHERE address = ?", (address,)).fetchone()
+    return _row(r) if r else None
+
+
 def members_in(conn: sqlite3.Connection,
                net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[dict]:
     """Host rows inside `net`, found through an index range and checked exactly."""
@@ -225,9 +231,8 @@ def ip_report(db: SQLiteStore | sqlite3.Connection, rep: Reputation, target: Tar
     """Everything `logly ip` shows, or None if the address/network was never seen."""
     with reading(db) as conn:
         if target.is_host:
-            r = conn.execute(_SELECT + "WHERE address = ?", (target.text,)).fetchone()
             members: list[dict[str, Any]] = []
-            row = _row(r) if r else None
+            row = _stored(conn, target.text)
             if row is None:
                 seen = conn.execute("SELECT 1 FROM log_events WHERE ip_address = ? "
                                     "LIMIT 1", (target.text,)).fetchone()
@@ -238,8 +243,7 @@ def ip_report(db: SQLiteStore | sqlite3.Connection, rep: Reputation, target: Tar
             assert target.network is not None
             row = None
             if target.network.version == 6 and target.network.prefixlen == 64:
-                r = conn.execute(_SELECT + "WHERE address = ?", (target.text,)).fetchone()
-                row = _row(r) if r else None
+                row = _stored(conn, target.text)
             members = members_in(conn, target.network)
             if row is None and not members:
                 return None
@@ -268,10 +272,8 @@ def ip_report(db: SQLiteStore | sqlite3.Connection, rep: Reputation, target: Tar
                               for m in members]
             out["members"].sort(key=lambda m: (-m["score"], m["address"]))
         if target.is_host and ":" in target.text:
-            nr = conn.execute(_SELECT + "WHERE address = ?",
-                              (net64(target.text),)).fetchone()
-            if nr:
-                n = _row(nr)
+            n = _stored(conn, net64(target.text))
+            if n:
                 out["network"] = {"address": n["address"], "score": _score(rep, n, now)[0],
                                   "members": (n["counts"] or {}).get("members")}
     return out
@@ -431,7 +433,8 @@ def _listing(conn: Any, rep: Reputation, ranked: list[tuple], n: int) -> list[di
             break
         if net is not None and net in listed_nets:
             continue
-        r = _row(conn.execute(_SELECT + "WHERE address = ?", (address,)).fetchone())
+        r = _stored(conn, address)
+        assert r is not None  # read in the same snapshot as `ranked`
         state = r["counts"] or {}
         if "/" in address:
             if (state.get("members") or 0) < 2:
