@@ -17,7 +17,7 @@ from typing import Any
 
 from logly.config import read_toml
 from logly.errors import ConfigError
-from logly.rows import ACTION, MESSAGE, PROGRAM
+from logly.rows import ACTION, MESSAGE, PROGRAM, TIMESTAMP
 
 SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
@@ -228,6 +228,6 @@ def store_classified(conn: Any, rows: Sequence[tuple], first_id: int,
                      hits: list[Classified]) -> None:
     if hits:
         conn.exec_driver_sql(_INSERT, [
-            (first_id + h.index, rows[h.index][0], h.cls.type, h.cls.category, h.cls.severity,
-             h.file, h.line_no, h.code, h.hints, h.suggestions) for h in hits
+            (first_id + h.index, rows[h.index][TIMESTAMP], h.cls.type, h.cls.category,
+             h.cls.severity, h.file, h.line_no, h.code, h.hints, h.suggestions) for h in hits
         ])
