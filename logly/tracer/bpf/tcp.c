@@ -221,15 +221,24 @@ static __always_inline void unindex_endpoint(struct conn_t *c, int remote, u64 s
     }
 }
 
-// The one endpoint a socket was indexed by (at ESTABLISHED from SYN_RECV or SYN_SENT, seen
-// as its first change or as the one before)
+// Which endpoint a socket is indexed by, from the state it reached ESTABLISHED from: its peer
+// (1) from SYN_RECV, its own side (0) from SYN_SENT, none (-1) otherwise. One rule for
+// indexing and unindexing, so a socket always leaves the slot it took.
+static __always_inline int indexed_side(struct conn_t *c, int before)
+{
+    if (before == ST_SYN_RECV && c->dport)
+        return 1;
+    if (before == ST_SYN_SENT && c->sport)
+        return 0;
+    return -1;
+}
+
+// (ESTABLISHED seen as its first change or as the one before)
 static __always_inline void unindex_conn(struct conn_t *c, u64 sk)
 {
-    int before = c->states[0] == ST_ESTABLISHED ? c->first_old : c->states[0];
-    if (before == ST_SYN_RECV && c->dport)
-        unindex_endpoint(c, 1, sk);
-    else if (before == ST_SYN_SENT && c->sport)
-        unindex_endpoint(c, 0, sk);
+    int side = indexed_side(c, c->states[0] == ST_ESTABLISHED ? c->first_old : c->states[0]);
+    if (side >= 0)
+        unindex_endpoint(c, side, sk);
 }
 
 // The steps every state change takes, whichever hook runs them (below): a new socket's record,
@@ -286,10 +295,11 @@ static __always_inline int conn_done(struct conn_t *c, bool is_new, u64 sk, int 
             __builtin_memcpy(slot, c, sizeof(*slot));
         }
         // the socket's own endpoint is known once it is established
-        if (newstate == ST_ESTABLISHED && oldstate == ST_SYN_RECV && c->dport)
-            index_endpoint(c, 1, sk);
-        else if (newstate == ST_ESTABLISHED && oldstate == ST_SYN_SENT && c->sport)
-            index_endpoint(c, 0, sk);
+        if (newstate == ST_ESTABLISHED) {
+            int side = indexed_side(c, oldstate);
+            if (side >= 0)
+                index_endpoint(c, side, sk);
+        }
         return 0;
     }
     // closed: hand the whole history to userspace, forget the socket here
