@@ -280,11 +280,14 @@ def timed(hooks: list) -> tuple[list, list[float]]:
     spent = [0.0] * len(hooks)
 
     def wrap(i: int, hook: Any) -> Any:
-        def run(conn: Any, rows: Any, first_id: int) -> None:
+        def run(conn: Any, rows: Any, first_id: int) -> Any:
             # CPU time of this thread: what the hooks cost, not what other processes took
             t0 = time.thread_time()
-            hook(conn, rows, first_id)
+            got = hook(conn, rows, first_id)
             spent[i] += time.thread_time() - t0
+            return got
+        # as the hook runs in ingest: before the insert, handing it the batch's traces
+        run.before_insert = getattr(hook, "before_insert", False)  # type: ignore[attr-defined]
         return run
     return [wrap(i, h) for i, h in enumerate(hooks)], spent
 

@@ -91,6 +91,7 @@ class TimedHook:
 
     def __init__(self, hook: Reputation) -> None:
         self.hook, self.seconds, self.cpu_seconds, self.calls = hook, 0.0, 0.0, 0
+        self.before_insert = hook.before_insert  # runs where it runs in ingest
 
     def __call__(self, conn, rows, first_id) -> None:  # type: ignore[no-untyped-def]
         t, c = time.perf_counter(), time.thread_time()
