@@ -346,7 +346,13 @@ class Follower:
             self.behind = True
         for raw in lines:
             nxt = pos + len(raw) + 1
-            text = decode_line(raw, stats)
+            if len(raw) > MAX_LINE_BYTES:
+                text = decode_line(raw, stats)
+            else:
+                try:  # the common case inline, as read_lines does: once per followed line
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    text = decode_line(raw, stats)
             out = parse(text, f.path, pos)
             ev = out.event
             if ev is not None:
