@@ -260,11 +260,11 @@ def block_bounds(inp: Input, start: int, block: int = BLOCK_BYTES) -> list[int]:
 
 def _parse_worker(queue: Any, first: int, step: int, bounds: list[int], args: tuple,
                   kwargs: dict[str, Any]) -> None:
-    """Parse blocks first, first + step, ... of `bounds` (one block: the whole input); b""
-    after each block, None at the end."""
+    """Parse blocks first, first + step, ... of `bounds` (one block: the whole input) with
+    parse_batches(*args, block start, ...); b"" after each block, None at the end."""
     gc.disable()  # the hot path makes no reference cycles; the collector only costs time
     try:
-        inp, rules, file_id = args[0], args[1], args[2]
+        inp = args[0]
         if step > 1:  # forked children share the file position: each reads through its own
             inp.stream = open(f"/proc/self/fd/{inp.stream.fileno()}", "rb")  # noqa: SIM115
         cache: dict = {}
@@ -274,8 +274,8 @@ def _parse_worker(queue: Any, first: int, step: int, bounds: list[int], args: tu
             warm = None
             if j:
                 warm = line_start_at_or_after(inp, max(bounds[0], begin - WARMUP_BYTES))
-            for batch in parse_batches(inp, rules, file_id, begin, end=end, warmup=warm,
-                                       match_cache=cache, **kwargs):
+            for batch in parse_batches(*args, begin, end=end, warmup=warm, match_cache=cache,
+                                       **kwargs):
                 queue.put(_encode_batch(batch))
             queue.put(b"")
         queue.put(None)
@@ -336,7 +336,7 @@ def ingest_input(
     file_id, committed = store.open_source(inp.identity, inp.path, inp.kind, inp.device,
                                            inp.inode)
     summary.skipped_bytes = committed
-    args = (inp, rules, file_id, committed)
+    args = (inp, rules, file_id)  # then where to start: `committed`, or a block's start
     kwargs = {"tz": tz, "year": year, "batch_lines": batch_lines,
               "batch_seconds": batch_seconds}
     if parallel is None:
@@ -346,7 +346,7 @@ def ingest_input(
     if parallel:
         batches = _batches_in_children(args, kwargs, bounds, min(workers, len(bounds)))
     else:
-        batches = parse_batches(*args, **kwargs)
+        batches = parse_batches(*args, committed, **kwargs)
     expected_rows = ((inp.size or 0) - committed) // 100
     bulk = bulk if bulk is not None else (
         expected_rows >= BULK_MIN_ROWS and expected_rows > store.approx_event_rows())
