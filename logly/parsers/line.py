@@ -292,7 +292,7 @@ def _norm(value: str | None) -> str | None:
 
 
 def _ip_of(values: tuple[str | None, ...], comp: Compiled) -> str | None:
-    return next((v for n, v in zip(comp.fields, values, strict=True) if v and n == "ip"), None)
+    return next((values[i] for i in comp.ip_at if values[i]), None)
 
 
 def _str(v: object) -> str | None:
