@@ -79,8 +79,7 @@ class Daemon:
         if self.opts.follow:
             cfg.sources = list(self.opts.follow)
         # absolute paths, now: libbcc changes the working directory for a moment while it
-        # compiles, and stores and followers are also made while it does
-        cfg.db = cfg.db.absolute()
+        # compiles, and followers are also made while it does (SQLiteStore sees to its own)
         cfg.sources = [
             dataclasses.replace(s, directory=s.directory and os.path.abspath(s.directory))
             if s.type == "journal" else dataclasses.replace(s, path=os.path.abspath(s.path))
@@ -162,7 +161,7 @@ class Daemon:
         self._start_observer()
         self._start_scheduler()
         self.notifier.send(ready=1, status=self._status_line())
-        log.info("following %d files into %s", len(self.followers), self.config.db)
+        log.info("following %d files into %s", len(self.followers), self.store.path)
         last_status = last_ping = last_glob = 0.0
         backoff = backoff_until = 0.0
         d = self.config.daemon
