@@ -334,6 +334,7 @@ class SQLiteStore:
             # events stored just below, so foreign keys are checked at commit.
             traces: dict[int, int] = {}
             early = [h for h in hooks if getattr(h, "before_insert", False)]
+            late = [h for h in hooks if h not in early]
             if early:
                 conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
             for hook in early:
@@ -343,9 +344,8 @@ class SQLiteStore:
             if rows:
                 _insert_events(conn, rows, first_id, traces)
             inserted = len(rows)
-            for hook in hooks:
-                if hook not in early:
-                    _run_hook(conn, hook, rows, first_id)
+            for hook in late:
+                _run_hook(conn, hook, rows, first_id)
             if unparsed:
                 kept = conn.exec_driver_sql(
                     "SELECT count(*) FROM unparsed_lines WHERE file_id = ?", (file_id,)
@@ -503,13 +503,15 @@ def _insert_events(conn: Connection, rows: Sequence[tuple], first_id: int,
     cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     full = len(rows) - len(rows) % INSERT_ROWS
     flat = chain.from_iterable
+    sql = many
     try:
         for i in range(0, full, INSERT_ROWS):
             cur.execute(many, tuple(flat(rows[i:i + INSERT_ROWS])))
         if full < len(rows):
+            sql = one
             cur.executemany(one, rows[full:])
     except sqlite3.Error as exc:
-        raise DBAPIError.instance(one, None, exc, sqlite3.Error) from exc
+        raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
     finally:
         cur.close()
 
