@@ -140,10 +140,10 @@ class JobStopped(Exception):
 def run_retention(store: SQLiteStore, clock: Clock, config: RetentionConfig | None = None,
                   stop: threading.Event | None = None) -> CleanupResult | None:
     def pause(seconds: float) -> None:  # cleanup pauses between batches: a place to stop
-        if stop is not None and stop.wait(seconds):
-            raise JobStopped
         if stop is None:
             time.sleep(seconds)
+        elif stop.wait(seconds):
+            raise JobStopped
 
     try:
         return cleanup(store, config or RetentionConfig(), now=clock(), sleep=pause)
